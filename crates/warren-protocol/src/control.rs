@@ -1,0 +1,138 @@
+//! The host <-> guest control channel.
+//!
+//! Framing: one JSON object per line (`\n` terminated), UTF-8. The guest speaks first
+//! ([`GuestMessage::Hello`]) as soon as it has opened the port; the host answers with
+//! [`HostMessage::Boot`]; the guest applies it and sends [`GuestMessage::Ready`] once the
+//! runtime API accepts connections (or [`GuestMessage::BootFailed`]).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Name of the virtio-serial port (`virtserialport,name=...`) that carries this protocol.
+pub const PORT_NAME: &str = "org.warren.agent";
+
+/// virtio-blk serial of the read-only image disk.
+pub const IMAGE_DISK_SERIAL: &str = "warren-image";
+/// virtio-blk serial of the workspace's writable disk.
+pub const DATA_DISK_SERIAL: &str = "warren-data";
+
+/// Version of this protocol; the guest reports it in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Everything the guest needs to become one particular workspace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BootConfig {
+    pub workspace_id: String,
+    pub hostname: String,
+    pub network: Option<NetworkConfig>,
+    /// Environment for every process the agent starts (image env merged with the user's).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The workspace's command, run once the agent is ready. `None`: none.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// Working directory for `cmd` and for exec without a cwd (image WorkingDir).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `user[:group]` from the image config (numeric or a name in the image's /etc/passwd).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Raw runtime API token: requests must carry `Authorization: Bearer <token>`.
+    pub api_token: String,
+    /// TCP port of the runtime API.
+    pub api_port: u16,
+    /// Host wall clock at the time the config was sent, in Unix nanoseconds.
+    pub clock_unix_ns: u128,
+    /// Fresh entropy from the host, hex encoded, mixed into the guest's RNG.
+    pub entropy_hex: String,
+    /// How the writable disk is to be prepared.
+    #[serde(default)]
+    pub data_disk: DataDisk,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataDisk {
+    /// A disk the host has formatted as ext4 (fresh or kept from an earlier boot).
+    #[default]
+    Ext4,
+    /// No writable disk: the writable layer lives in guest RAM (tmpfs).
+    Tmpfs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkConfig {
+    /// MAC address of the interface the host attached (`aa:bb:...`).
+    pub mac: String,
+    /// Guest address, e.g. `10.88.0.2`.
+    pub address: String,
+    pub prefix_len: u8,
+    /// Default gateway (the host end of the tap).
+    pub gateway: String,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+/// Milliseconds since the guest kernel started (CLOCK_BOOTTIME), at each boot step.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BootTimings {
+    /// The agent's `main` began (the kernel's own init took this long).
+    pub agent_start_ms: u64,
+    /// Kernel modules loaded.
+    pub modules_loaded_ms: u64,
+    /// Boot configuration received from the host.
+    pub config_received_ms: u64,
+    /// Root filesystem mounted and switched into.
+    pub root_mounted_ms: u64,
+    /// Network configured.
+    pub network_ms: u64,
+    /// Runtime API listening.
+    pub api_ready_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    Hello {
+        protocol_version: u32,
+        agent_version: String,
+    },
+    Ready {
+        timings: BootTimings,
+    },
+    BootFailed {
+        error: String,
+    },
+    /// The workspace's `cmd` has exited.
+    CmdExited {
+        exit_code: i32,
+    },
+    Pong {
+        id: u64,
+    },
+    /// The guest is about to power off (asked by the host or by `poweroff` inside).
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    Boot { config: Box<BootConfig> },
+    Ping { id: u64 },
+    /// Sync filesystems and power off.
+    Shutdown,
+}
+
+/// Encode one message as a line.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail (no maps with non-string keys).
+    let mut v = serde_json::to_vec(msg).unwrap_or_default();
+    v.push(b'\n');
+    v
+}

@@ -1,1 +1,129 @@
-//! warren-vmm
+//! The VMM driver boundary.
+//!
+//! Callers (the node agent) describe a VM with a [`VmSpec`] and drive it through the
+//! [`Vmm`] and [`Vm`] traits; nothing outside this crate knows QEMU's command line or
+//! QMP. QEMU's `microvm` machine ([`qemu::QemuVmm`]) is the engine we ship; a Firecracker
+//! or Cloud Hypervisor driver implements the same two traits.
+
+pub mod accel;
+pub mod qemu;
+pub mod qmp;
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use accel::{detect_accel, Accel, AccelChoice};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("the VMM binary {0} was not found: install it (Debian: apt-get install qemu-system-x86) or set vmm.qemu_binary")]
+    BinaryMissing(PathBuf),
+    #[error("{what} not found at {path}")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("the VMM process exited during start-up ({status}); its log says: {log}")]
+    StartFailed { status: String, log: String },
+    #[error("the VMM did not open its control socket within {0:?}")]
+    StartTimeout(Duration),
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("hardware KVM was requested but {0}")]
+    KvmUnavailable(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, VmmError>;
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
+    let context = context.into();
+    move |source| VmmError::Io { context, source }
+}
+
+/// A disk attached as virtio-blk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Serial the guest sees in /sys/block/vdX/serial; how the agent tells disks apart.
+    pub serial: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+}
+
+/// A network interface backed by a host tap device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// Everything an engine needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Workspace id, for logs and process names.
+    pub id: String,
+    /// A directory the engine owns for this VM: sockets, logs, state.
+    pub run_dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub disks: Vec<DiskSpec>,
+    pub net: Option<NetSpec>,
+    /// Host end of the guest agent's control channel (a Unix socket the engine creates).
+    pub control_socket: PathBuf,
+    /// Where the guest's serial console is written.
+    pub console_log: PathBuf,
+    pub accel: Accel,
+    /// Kill the VMM when the process that started it dies (standalone `warren run`).
+    pub die_with_parent: bool,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmExit {
+    /// The VMM's exit code, or `None` if a signal ended it.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// An engine that can start VMs.
+#[async_trait]
+pub trait Vmm: Send + Sync {
+    /// Which engine this is, for logs and the workspace's info.
+    fn name(&self) -> &'static str;
+    /// Boot a fresh VM.
+    async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>>;
+    /// Start a VM from a snapshot taken by [`Vm::snapshot`] with the same spec shape.
+    async fn restore(&self, spec: &VmSpec, snapshot: &std::path::Path) -> Result<Box<dyn Vm>>;
+}
+
+/// A running (or paused) VM.
+#[async_trait]
+pub trait Vm: Send + Sync {
+    /// The VMM process id.
+    fn pid(&self) -> Option<u32>;
+    /// Freeze the vCPUs; memory stays resident.
+    async fn pause(&self) -> Result<()>;
+    async fn resume(&self) -> Result<()>;
+    /// Save memory and device state to `path` (the VM is paused while saving and stays
+    /// paused after).
+    async fn snapshot(&self, path: &std::path::Path) -> Result<()>;
+    /// Ask the VMM to exit now (no guest cooperation).
+    async fn kill(&self) -> Result<()>;
+    /// Wait until the VMM process has exited.
+    async fn wait(&self) -> Result<VmExit>;
+    /// [`Vm::wait`] with a deadline; `None` if it is still running.
+    async fn wait_timeout(&self, timeout: Duration) -> Result<Option<VmExit>> {
+        match tokio::time::timeout(timeout, self.wait()).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+}

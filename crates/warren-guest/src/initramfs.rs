@@ -1,0 +1,209 @@
+//! Building the guest initramfs: our agent as `/init`, the modules the guest loads, and
+//! the module list the agent reads. The archive is uncompressed newc (the kernel unpacks
+//! it without a decompressor, which is the cheaper path under TCG), deterministic
+//! (mtime 0, fixed inode numbers) and cached by the sha256 of its inputs.
+
+use crate::kernel::GuestKernel;
+use crate::modules::MODULE_LIST_PATH;
+use crate::{io_err, GuestError};
+use cpio::newc::{Builder, ModeFileType};
+use sha2::{Digest, Sha256};
+use std::io::{BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Bumped whenever the archive's layout changes.
+const LAYOUT_VERSION: u32 = 1;
+
+const DIRS: &[&str] = &[
+    "dev", "proc", "sys", "run", "tmp", "mnt", "etc", "etc/warren", "lib", "lib/modules",
+];
+
+/// Build (or reuse) the initramfs for `kernel` with `agent` as /init, under
+/// `cache_dir/initramfs/`. Returns the archive's path.
+pub fn build_initramfs(
+    kernel: &GuestKernel,
+    agent: &Path,
+    cache_dir: &Path,
+) -> Result<PathBuf, GuestError> {
+    if !agent.is_file() {
+        return Err(GuestError::AgentMissing(agent.to_path_buf()));
+    }
+    let agent_bytes =
+        std::fs::read(agent).map_err(io_err(format!("read agent {}", agent.display())))?;
+    let module_list = kernel
+        .modules
+        .iter()
+        .map(|(inner, _)| format!("/{inner}\n"))
+        .collect::<String>();
+
+    let mut h = Sha256::new();
+    h.update(LAYOUT_VERSION.to_le_bytes());
+    h.update(&agent_bytes);
+    h.update(module_list.as_bytes());
+    for (_, host) in &kernel.modules {
+        h.update(crate::sha256_file(host)?.as_bytes());
+    }
+    let key = hex::encode(h.finalize());
+    let dir = cache_dir.join("initramfs");
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let out = dir.join(format!("{}-{}.cpio", kernel.release, &key[..16]));
+    if out.exists() {
+        return Ok(out);
+    }
+
+    let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err("create temp initramfs"))?;
+    let mut w = BufWriter::new(tmp.as_file());
+    let mut ino = 1u32;
+    let mut dirs: Vec<String> = DIRS.iter().map(|s| s.to_string()).collect();
+    for (inner, _) in &kernel.modules {
+        let mut p = Path::new(inner).parent();
+        while let Some(d) = p {
+            let s = d.to_string_lossy().to_string();
+            if !s.is_empty() && !dirs.contains(&s) {
+                dirs.push(s);
+            }
+            p = d.parent();
+        }
+    }
+    dirs.sort();
+    for d in &dirs {
+        w = entry(w, d, ModeFileType::Directory, 0o755, &[], &mut ino)?;
+    }
+    w = entry(w, "init", ModeFileType::Regular, 0o755, &agent_bytes, &mut ino)?;
+    w = entry(
+        w,
+        MODULE_LIST_PATH,
+        ModeFileType::Regular,
+        0o644,
+        module_list.as_bytes(),
+        &mut ino,
+    )?;
+    for (inner, host) in &kernel.modules {
+        let bytes = std::fs::read(host).map_err(io_err(format!("read {}", host.display())))?;
+        w = entry(w, inner, ModeFileType::Regular, 0o644, &bytes, &mut ino)?;
+    }
+    let mut w = cpio::newc::trailer(w).map_err(io_err("write cpio trailer"))?;
+    w.flush().map_err(io_err("flush initramfs"))?;
+    drop(w);
+    tmp.persist(&out)
+        .map_err(|e| GuestError::Io {
+            context: format!("install {}", out.display()),
+            source: e.error,
+        })?;
+    Ok(out)
+}
+
+fn entry<W: Write>(
+    w: W,
+    name: &str,
+    kind: ModeFileType,
+    perm: u32,
+    data: &[u8],
+    ino: &mut u32,
+) -> Result<W, GuestError> {
+    *ino += 1;
+    let nlink = if matches!(kind, ModeFileType::Directory) {
+        2
+    } else {
+        1
+    };
+    let mut writer = Builder::new(name)
+        .ino(*ino)
+        .mode(perm)
+        .set_mode_file_type(kind)
+        .nlink(nlink)
+        .write(w, data.len() as u32);
+    writer
+        .write_all(data)
+        .map_err(io_err(format!("write {name} into initramfs")))?;
+    writer.finish().map_err(io_err(format!("finish {name}")))
+}
+
+/// An exclusive `flock` held until dropped.
+pub struct FileLock {
+    file: std::fs::File,
+}
+
+impl FileLock {
+    pub fn acquire(path: &Path) -> Result<Self, GuestError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("open lock {}", path.display())))?;
+        // SAFETY: flock on an fd we own; blocking until the lock is ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(GuestError::Io {
+                context: format!("lock {}", path.display()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(FileLock { file })
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking an fd we own.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_holds_init_modules_and_list() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let agent = tmp.path().join("agent");
+        std::fs::write(&agent, b"\x7fELF fake agent").expect("write");
+        let m = tmp.path().join("virtio.ko");
+        std::fs::write(&m, b"module bytes").expect("write");
+        let k = GuestKernel {
+            release: "6.1.0-test".into(),
+            vmlinux: tmp.path().join("vmlinux"),
+            modules: vec![("lib/modules/6.1.0-test/kernel/virtio.ko".into(), m)],
+        };
+        let out = build_initramfs(&k, &agent, tmp.path()).expect("build");
+        let again = build_initramfs(&k, &agent, tmp.path()).expect("cached");
+        assert_eq!(out, again);
+
+        let mut names = Vec::new();
+        let mut contents = std::collections::HashMap::new();
+        let mut f = std::fs::File::open(&out).expect("open");
+        loop {
+            let r = cpio::newc::Reader::new(f).expect("entry");
+            if r.entry().is_trailer() {
+                break;
+            }
+            let name = r.entry().name().to_string();
+            let mut r = r;
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut buf).expect("read");
+            names.push(name.clone());
+            contents.insert(name, buf);
+            f = r.finish().expect("finish");
+        }
+        assert!(names.contains(&"init".to_string()));
+        assert_eq!(contents["init"], b"\x7fELF fake agent");
+        assert_eq!(
+            String::from_utf8_lossy(&contents["etc/warren/modules"]),
+            "/lib/modules/6.1.0-test/kernel/virtio.ko\n"
+        );
+        assert!(names.contains(&"lib/modules/6.1.0-test/kernel".to_string()));
+        assert!(names.iter().position(|n| n == "lib/modules/6.1.0-test/kernel")
+            < names.iter().position(|n| n.ends_with("virtio.ko")));
+    }
+
+    #[test]
+    fn missing_agent_is_a_clear_error() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let k = GuestKernel::custom("x", tmp.path().join("vmlinux"));
+        let err = build_initramfs(&k, &tmp.path().join("nope"), tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("guest agent binary not found"));
+    }
+}

@@ -1,0 +1,421 @@
+//! The QEMU `microvm` engine.
+//!
+//! One QEMU process per VM: virtio-mmio devices (found by the guest through ACPI),
+//! virtio-blk disks told apart by serial, virtio-net on a host tap, and a virtio-serial
+//! port for the agent's control channel (the host has no vhost-vsock). The guest's serial
+//! console goes to a log file; QMP on a Unix socket controls the VM. The accelerator
+//! flags are the only difference between KVM and TCG.
+
+use crate::qmp::Qmp;
+use crate::{io_err, Accel, Result, Vm, VmExit, Vmm, VmmError, VmSpec};
+use async_trait::async_trait;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use warren_protocol::control::PORT_NAME as AGENT_PORT_NAME;
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    pub binary: PathBuf,
+}
+
+impl QemuVmm {
+    pub fn new(binary: PathBuf) -> Result<Self> {
+        let found = if binary.components().count() > 1 {
+            binary.is_file()
+        } else {
+            which(&binary).is_some()
+        };
+        if !found {
+            return Err(VmmError::BinaryMissing(binary));
+        }
+        Ok(QemuVmm { binary })
+    }
+
+    async fn spawn(&self, spec: &VmSpec, incoming: bool) -> Result<QemuVm> {
+        for (what, p) in [("kernel", Some(&spec.kernel)), ("initramfs", spec.initramfs.as_ref())] {
+            if let Some(p) = p {
+                if !p.is_file() {
+                    return Err(VmmError::Missing {
+                        what,
+                        path: p.clone(),
+                    });
+                }
+            }
+        }
+        for d in &spec.disks {
+            if !d.path.exists() {
+                return Err(VmmError::Missing {
+                    what: "disk",
+                    path: d.path.clone(),
+                });
+            }
+        }
+        std::fs::create_dir_all(&spec.run_dir)
+            .map_err(io_err(format!("create {}", spec.run_dir.display())))?;
+        let qmp_path = qmp_socket(spec);
+        let _ = std::fs::remove_file(&qmp_path);
+        let _ = std::fs::remove_file(&spec.control_socket);
+        let log_path = spec.run_dir.join("vmm.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(io_err(format!("create {}", log_path.display())))?;
+        let log2 = log.try_clone().map_err(io_err("dup log"))?;
+
+        let mut args = qemu_args(spec);
+        if incoming {
+            args.push("-incoming".into());
+            args.push("defer".into());
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false);
+        let die_with_parent = spec.die_with_parent;
+        // SAFETY: only async-signal-safe calls (setsid, prctl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Its own session: a terminal's Ctrl-C reaches us, not the VMM, so we
+                // can shut the guest down in order.
+                libc::setsid();
+                if die_with_parent {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                }
+                Ok(())
+            });
+        }
+        tracing::debug!(workspace = %spec.id, args = ?args, "starting qemu");
+        let mut child = cmd
+            .spawn()
+            .map_err(io_err(format!("start {}", self.binary.display())))?;
+        let pid = child.id();
+
+        // Wait for QMP to answer, or for QEMU to die trying.
+        let started = Instant::now();
+        let qmp = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(VmmError::StartFailed {
+                    status: st.to_string(),
+                    log: tail(&log_path, 2000),
+                });
+            }
+            if qmp_path.exists() {
+                match Qmp::connect(&qmp_path).await {
+                    Ok(q) => break q,
+                    Err(e) if started.elapsed() > START_TIMEOUT => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.start_kill();
+                return Err(VmmError::StartTimeout(START_TIMEOUT));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(st) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    VmExit {
+                        code: st.code(),
+                        signal: st.signal(),
+                    }
+                }
+                Err(_) => VmExit {
+                    code: None,
+                    signal: None,
+                },
+            };
+            let _ = tx.send(Some(exit));
+        });
+        Ok(QemuVm {
+            pid,
+            qmp,
+            exit: rx,
+        })
+    }
+}
+
+#[async_trait]
+impl Vmm for QemuVmm {
+    fn name(&self) -> &'static str {
+        "qemu-microvm"
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
+        Ok(Box::new(self.spawn(spec, false).await?))
+    }
+
+    async fn restore(&self, spec: &VmSpec, snapshot: &Path) -> Result<Box<dyn Vm>> {
+        if !snapshot.is_file() {
+            return Err(VmmError::Missing {
+                what: "snapshot",
+                path: snapshot.to_path_buf(),
+            });
+        }
+        let vm = self.spawn(spec, true).await?;
+        let uri = format!("exec:cat {}", shell_quote(snapshot)?);
+        vm.qmp
+            .execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
+        // The destination leaves `inmigrate` once the state is loaded.
+        loop {
+            let st = vm.qmp.execute("query-status", None).await?;
+            let status = st.get("status").and_then(|s| s.as_str()).unwrap_or("");
+            match status {
+                "inmigrate" => tokio::time::sleep(Duration::from_millis(2)).await,
+                "running" => break,
+                "paused" | "postmigrate" | "prelaunch" => {
+                    vm.qmp.execute("cont", None).await?;
+                    break;
+                }
+                other => {
+                    return Err(VmmError::Qmp(format!(
+                        "restore from {} ended in state {other}",
+                        snapshot.display()
+                    )))
+                }
+            }
+        }
+        Ok(Box::new(vm))
+    }
+}
+
+pub struct QemuVm {
+    pid: Option<u32>,
+    qmp: Qmp,
+    exit: watch::Receiver<Option<VmExit>>,
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    async fn pause(&self) -> Result<()> {
+        self.qmp.execute("stop", None).await.map(|_| ())
+    }
+
+    async fn resume(&self) -> Result<()> {
+        self.qmp.execute("cont", None).await.map(|_| ())
+    }
+
+    async fn snapshot(&self, path: &Path) -> Result<()> {
+        self.qmp.execute("stop", None).await?;
+        let uri = format!("exec:cat > {}", shell_quote(path)?);
+        self.qmp
+            .execute("migrate", Some(json!({ "uri": uri })))
+            .await?;
+        loop {
+            let st = self.qmp.execute("query-migrate", None).await?;
+            match st.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    let why = st
+                        .get("error-desc")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("no reason given");
+                    return Err(VmmError::Qmp(format!("snapshot failed: {why}")));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    async fn kill(&self) -> Result<()> {
+        if self.exit.borrow().is_some() {
+            return Ok(());
+        }
+        if let Some(pid) = self.pid {
+            // SAFETY: signalling our own child; it is reaped by the exit watcher so the
+            // pid cannot have been reused before `exit` is set.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        self.wait().await.map(|_| ())
+    }
+
+    async fn wait(&self) -> Result<VmExit> {
+        let mut rx = self.exit.clone();
+        let v = rx
+            .wait_for(|v| v.is_some())
+            .await
+            .map_err(|_| VmmError::Qmp("exit watcher ended".into()))?;
+        Ok(v.clone().unwrap_or(VmExit {
+            code: None,
+            signal: None,
+        }))
+    }
+}
+
+pub fn qmp_socket(spec: &VmSpec) -> PathBuf {
+    spec.run_dir.join("qmp.sock")
+}
+
+/// The QEMU command line for `spec` (without the binary).
+pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("warren-{},debug-threads=on", spec.id)]);
+    push(&[
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on,pic=off",
+    ]);
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+    }
+    push(&[
+        "-smp",
+        &spec.cpus.to_string(),
+        "-m",
+        &spec.memory_mb.to_string(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        &spec.kernel.to_string_lossy(),
+        "-append",
+        &spec.cmdline,
+    ]);
+    if let Some(i) = &spec.initramfs {
+        push(&["-initrd", &i.to_string_lossy()]);
+    }
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", spec.console_log.to_string_lossy()),
+        "-serial",
+        "chardev:console",
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp_socket(spec).to_string_lossy()),
+    ]);
+    for (i, d) in spec.disks.iter().enumerate() {
+        let mut drive = format!(
+            "id=disk{i},file={},format={},if=none,aio=threads,discard=unmap",
+            d.path.to_string_lossy(),
+            d.format
+        );
+        if d.read_only {
+            drive.push_str(",readonly=on");
+        }
+        push(&[
+            "-drive",
+            &drive,
+            "-device",
+            &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
+        ]);
+    }
+    if let Some(n) = &spec.net {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", n.mac),
+        ]);
+    }
+    push(&[
+        "-device",
+        "virtio-serial-device,max_ports=2",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            spec.control_socket.to_string_lossy()
+        ),
+        "-device",
+        &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+    ]);
+    a
+}
+
+fn shell_quote(p: &Path) -> Result<String> {
+    let s = p.to_string_lossy();
+    if s.contains('\'') {
+        return Err(VmmError::Qmp(format!("path {s} contains a quote")));
+    }
+    Ok(format!("'{s}'"))
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let start = s.len().saturating_sub(max);
+    s.get(start..).unwrap_or("").trim().to_string()
+}
+
+fn which(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DiskSpec, NetSpec};
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "ws_test".into(),
+            run_dir: "/run/w".into(),
+            kernel: "/k/vmlinux".into(),
+            initramfs: Some("/k/initrd".into()),
+            cmdline: "console=ttyS0 quiet".into(),
+            cpus: 2,
+            memory_mb: 256,
+            disks: vec![DiskSpec {
+                path: "/img/root.ext4".into(),
+                read_only: true,
+                serial: "warren-image".into(),
+                format: "raw".into(),
+            }],
+            net: Some(NetSpec {
+                tap: "wt0".into(),
+                mac: "02:00:0a:58:00:02".into(),
+            }),
+            control_socket: "/run/w/agent.sock".into(),
+            console_log: "/run/w/console.log".into(),
+            accel: Accel::Tcg,
+            die_with_parent: false,
+        }
+    }
+
+    #[test]
+    fn accel_flags_are_the_only_difference() {
+        let mut s = spec();
+        let tcg = qemu_args(&s);
+        s.accel = Accel::Kvm;
+        let kvm = qemu_args(&s);
+        let diff: Vec<_> = tcg.iter().zip(&kvm).filter(|(a, b)| a != b).collect();
+        assert_eq!(
+            diff,
+            vec![(&"tcg".to_string(), &"kvm".to_string()), (&"max".to_string(), &"host".to_string())]
+        );
+    }
+
+    #[test]
+    fn devices_are_wired() {
+        let a = qemu_args(&spec()).join(" ");
+        assert!(a.contains("-append console=ttyS0 quiet"));
+        assert!(a.contains("format=raw,if=none,aio=threads,discard=unmap,readonly=on"));
+        assert!(a.contains("virtio-blk-device,drive=disk0,serial=warren-image"));
+        assert!(a.contains("tap,id=net0,ifname=wt0,script=no,downscript=no"));
+        assert!(a.contains("virtserialport,chardev=agent,name=org.warren.agent"));
+        assert!(a.contains("-no-reboot"));
+    }
+
+    #[test]
+    fn missing_binary_is_named() {
+        let e = QemuVmm::new("/nonexistent/qemu".into()).unwrap_err();
+        assert!(e.to_string().contains("apt-get install qemu-system-x86"));
+    }
+}

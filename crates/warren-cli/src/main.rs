@@ -1,1 +1,123 @@
-fn main() {}
+//! `warren`: runs workspaces (standalone or as a server) and is a client of the server.
+
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use warren_node::NodeConfig;
+use warren_vmm::AccelChoice;
+
+#[derive(Parser)]
+#[command(name = "warren", version, about = "Self-hostable cloud workspaces on microVMs")]
+struct Cli {
+    /// Log more (repeat for more detail). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a node keeps its state; shared by the commands that run workspaces locally.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// Workspaces' disks, logs and state.
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "/var/lib/warren")]
+    pub data_dir: PathBuf,
+    /// Kernel, initramfs and image cache.
+    #[arg(long, env = "WARREN_CACHE_DIR", default_value = "/var/cache/warren")]
+    pub cache_dir: PathBuf,
+    /// auto (KVM when usable, else TCG), kvm or tcg.
+    #[arg(long, env = "WARREN_ACCEL", default_value = "auto", value_parser = parse_accel)]
+    pub accel: AccelChoice,
+    /// The QEMU binary.
+    #[arg(long, env = "WARREN_QEMU", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// The statically linked guest agent.
+    #[arg(long, env = "WARREN_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Boot this vmlinux (everything built in) instead of the pinned Debian kernel.
+    #[arg(long, env = "WARREN_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// Address pool for workspaces (each gets a /30).
+    #[arg(long, env = "WARREN_NETWORK_CIDR", default_value = "10.88.0.0/16")]
+    pub network_cidr: String,
+}
+
+impl NodeArgs {
+    pub fn config(&self) -> NodeConfig {
+        let mut c = NodeConfig {
+            data_dir: self.data_dir.clone(),
+            cache_dir: self.cache_dir.clone(),
+            accel: self.accel,
+            qemu_binary: self.qemu.clone(),
+            custom_kernel: self.kernel.clone(),
+            network_cidr: self.network_cidr.clone(),
+            ..NodeConfig::default()
+        };
+        if let Some(a) = &self.agent {
+            c.agent_binary = a.clone();
+        }
+        c
+    }
+}
+
+fn parse_accel(s: &str) -> Result<AccelChoice, String> {
+    match s {
+        "auto" => Ok(AccelChoice::Auto),
+        "kvm" => Ok(AccelChoice::Kvm),
+        "tcg" => Ok(AccelChoice::Tcg),
+        other => Err(format!("{other:?}: use auto, kvm or tcg")),
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a workspace, run a command in it, stream its output, exit with its code, and
+    /// destroy the workspace. Needs no server.
+    Run(run::RunArgs),
+    /// Build (or fetch) an image into the local cache.
+    #[command(name = "image-build")]
+    ImageBuild {
+        /// A catalog name, an OCI layout or docker-save tarball path, or a registry
+        /// reference.
+        reference: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::ImageBuild { reference, node } => run::image_build(&reference, &node).await,
+        }
+    });
+    match code {
+        Ok(c) => std::process::exit(c),
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

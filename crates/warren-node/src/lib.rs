@@ -1,1 +1,54 @@
-//! warren-node
+//! The node agent: one per host.
+//!
+//! [`Node`] turns a [`WorkspaceSpec`] into a running microVM and tears it down again:
+//! it resolves the image ([`warren_images`]), prepares the guest kernel and initramfs
+//! ([`warren_guest`]), creates the writable disk ([`disk`]), leases an address and a tap
+//! ([`net`]), boots the VM through the [`warren_vmm::Vmm`] boundary, and hands the agent
+//! its identity over the control channel ([`control`]). Whatever a workspace had on the
+//! host is listed in its run directory and lease, so [`reconcile`] can remove what
+//! belongs to no live owner after a crash.
+
+pub mod config;
+pub mod control;
+pub mod disk;
+pub mod net;
+pub mod reconcile;
+pub mod workspace;
+
+pub use config::NodeConfig;
+pub use workspace::{BootReport, Node, RunningWorkspace, WorkspaceSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Image(#[from] warren_images::ImageError),
+    #[error(transparent)]
+    Guest(#[from] warren_guest::GuestError),
+    #[error(transparent)]
+    Vmm(#[from] warren_vmm::VmmError),
+    #[error("no free address left in {0}: delete workspaces or widen network.cidr")]
+    AddressesExhausted(String),
+    #[error("network setup failed: {0}")]
+    Network(String),
+    #[error("disk setup failed: {0}")]
+    Disk(String),
+    #[error("the workspace's agent did not become ready: {0}")]
+    Boot(String),
+    #[error("the workspace's agent did not become ready within {0:?}; the boot log is at {1}")]
+    BootTimeout(std::time::Duration, std::path::PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, NodeError>;
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}

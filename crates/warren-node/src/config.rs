@@ -1,0 +1,77 @@
+//! The node's configuration: one typed struct.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use warren_vmm::AccelChoice;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Workspaces' disks, run directories and logs.
+    pub data_dir: PathBuf,
+    /// Downloaded and built artifacts that can be rebuilt: kernel, initramfs, images.
+    pub cache_dir: PathBuf,
+    /// Host-wide runtime state (address leases); on tmpfs, so a host reboot clears it
+    /// together with the taps it describes.
+    pub run_dir: PathBuf,
+    pub qemu_binary: PathBuf,
+    pub accel: AccelChoice,
+    /// The statically linked guest agent that becomes /init.
+    pub agent_binary: PathBuf,
+    /// Boot this vmlinux instead of the pinned Debian kernel (all drivers built in).
+    pub custom_kernel: Option<PathBuf>,
+    /// The custom kernel is PVM-capable (only then may a PVM /dev/kvm be used).
+    pub kernel_pvm_capable: bool,
+    /// Addresses for workspaces: each gets a /30 (host end .1, guest .2).
+    pub network_cidr: String,
+    pub dns_servers: Vec<String>,
+    pub debian_mirror: String,
+    /// Upper bounds a workspace may ask for.
+    pub max_cpus: u32,
+    pub max_memory_mb: u32,
+    pub max_disk_mb: u64,
+    /// How long to wait for a booting agent.
+    pub boot_timeout_secs: u64,
+    /// Keep kernel messages on the boot log.
+    pub verbose_kernel: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: "/var/lib/warren".into(),
+            cache_dir: "/var/cache/warren".into(),
+            run_dir: "/run/warren".into(),
+            qemu_binary: "qemu-system-x86_64".into(),
+            accel: AccelChoice::Auto,
+            agent_binary: default_agent_path(),
+            custom_kernel: None,
+            kernel_pvm_capable: false,
+            network_cidr: "10.88.0.0/16".into(),
+            dns_servers: Vec::new(),
+            debian_mirror: "http://deb.debian.org/debian".into(),
+            max_cpus: 16,
+            max_memory_mb: 65536,
+            max_disk_mb: 1 << 20,
+            boot_timeout_secs: 60,
+            verbose_kernel: false,
+        }
+    }
+}
+
+/// `$WARREN_AGENT`, else `warren-agent` beside the running executable (where the
+/// set-up script installs it), else /usr/local/lib/warren/warren-agent.
+pub fn default_agent_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARREN_AGENT") {
+        return p.into();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let p = dir.join("warren-agent");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    "/usr/local/lib/warren/warren-agent".into()
+}

@@ -1,0 +1,69 @@
+//! The host end of the agent's control channel (virtio-serial, JSON lines).
+//!
+//! QEMU holds the host side as a listening Unix socket. We connect right after the VMM
+//! starts and send the boot configuration at once: until the guest opens its port,
+//! QEMU leaves our bytes in the socket, so the configuration is waiting for the agent
+//! the moment it looks, whatever the order of events.
+
+use crate::{io_err, NodeError, Result};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, Mutex};
+use warren_protocol::control::{encode, GuestMessage, HostMessage};
+
+pub struct ControlChannel {
+    writer: Mutex<OwnedWriteHalf>,
+}
+
+impl ControlChannel {
+    /// Connect to the VMM's socket; guest messages arrive on the returned receiver,
+    /// which closes when the VM goes away.
+    pub async fn connect(path: &Path) -> Result<(Self, mpsc::UnboundedReceiver<GuestMessage>)> {
+        let mut tries = 0;
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(e) if tries < 500 => {
+                    tries += 1;
+                    tracing::trace!(error = %e, "control socket not ready");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(e) => return Err(io_err(format!("connect {}", path.display()))(e)),
+            }
+        };
+        let (r, w) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => match serde_json::from_str::<GuestMessage>(&line) {
+                        Ok(m) => {
+                            if tx.send(m).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, line, "unreadable guest message"),
+                    },
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        });
+        Ok((
+            ControlChannel {
+                writer: Mutex::new(w),
+            },
+            rx,
+        ))
+    }
+
+    pub async fn send(&self, msg: &HostMessage) -> Result<()> {
+        let mut w = self.writer.lock().await;
+        w.write_all(&encode(msg))
+            .await
+            .map_err(|e| NodeError::Boot(format!("control channel write failed: {e}")))
+    }
+}

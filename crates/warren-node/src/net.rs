@@ -1,0 +1,222 @@
+//! Addresses and tap devices.
+//!
+//! Each workspace gets a /30 out of the node's pool: the host end of its tap is `.1`,
+//! the guest `.2`. There is no bridge: workspaces share no L2 segment, so by default
+//! nothing but the host can reach a guest, and any path between workspaces is a routed
+//! one the host's firewall decides on.
+//!
+//! A lease is a file created with O_EXCL in a host-wide directory on tmpfs
+//! (`run_dir/net/leases/<index>.json`), so concurrent processes (a server, several
+//! `warren run`s, parallel tests) never hand out one address twice, and a host reboot
+//! clears leases together with the taps they describe. The file names its owner
+//! process, which is how [`crate::reconcile`] finds leases whose owner died.
+
+use crate::{io_err, NodeError, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The persisted part of a lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeaseRecord {
+    pub index: u32,
+    pub workspace_id: String,
+    pub owner_pid: u32,
+    pub tap: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub record: LeaseRecord,
+    pub host_ip: Ipv4Addr,
+    pub guest_ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetPool {
+    base: u32,
+    blocks: u32,
+    dir: PathBuf,
+}
+
+pub fn parse_cidr(cidr: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not a CIDR like 10.88.0.0/16"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("{len:?} is not a prefix length 0-32"))?;
+    Ok((ip, len))
+}
+
+impl NetPool {
+    pub fn new(cidr: &str, run_dir: &Path) -> Result<Self> {
+        let (ip, len) = parse_cidr(cidr).map_err(|reason| NodeError::Invalid {
+            field: "network_cidr",
+            reason,
+        })?;
+        if len > 29 {
+            return Err(NodeError::Invalid {
+                field: "network_cidr",
+                reason: format!("{cidr} is too small: it needs room for at least two /30s"),
+            });
+        }
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let base = u32::from(ip) & mask;
+        let blocks = 1u32 << (30 - len);
+        let dir = run_dir.join("net").join("leases");
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(NetPool { base, blocks, dir })
+    }
+
+    fn lease_for(&self, record: LeaseRecord) -> Lease {
+        let net = self.base + record.index * 4;
+        let i = record.index;
+        Lease {
+            host_ip: Ipv4Addr::from(net + 1),
+            guest_ip: Ipv4Addr::from(net + 2),
+            prefix_len: 30,
+            mac: format!(
+                "02:57:52:{:02x}:{:02x}:{:02x}",
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                i & 0xff
+            ),
+            record,
+        }
+    }
+
+    fn path(&self, index: u32) -> PathBuf {
+        self.dir.join(format!("{index}.json"))
+    }
+
+    /// Lease the first free /30 for `workspace_id` and create its tap.
+    pub fn allocate(&self, workspace_id: &str) -> Result<Lease> {
+        // Block 0 would make the host end the network's first address; skip it so the
+        // pool's .1 stays free for a gateway the operator may want.
+        for index in 1..self.blocks {
+            let record = LeaseRecord {
+                index,
+                workspace_id: workspace_id.to_string(),
+                owner_pid: std::process::id(),
+                tap: format!("wt{index}"),
+            };
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.path(index))
+            {
+                Ok(mut f) => {
+                    let body = serde_json::to_vec(&record).unwrap_or_default();
+                    f.write_all(&body).map_err(io_err("write lease"))?;
+                    let lease = self.lease_for(record);
+                    if let Err(e) = create_tap(&lease) {
+                        let _ = std::fs::remove_file(self.path(index));
+                        return Err(e);
+                    }
+                    return Ok(lease);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("create lease")(e)),
+            }
+        }
+        Err(NodeError::AddressesExhausted(format!(
+            "{}/{}",
+            Ipv4Addr::from(self.base),
+            30 - self.blocks.trailing_zeros()
+        )))
+    }
+
+    /// Remove the tap and the lease.
+    pub fn release(&self, record: &LeaseRecord) {
+        delete_tap(&record.tap);
+        let _ = std::fs::remove_file(self.path(record.index));
+    }
+
+    /// Every lease on this host.
+    pub fn leases(&self) -> Vec<LeaseRecord> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NodeError::Network(format!("cannot run `ip` (install iproute2): {e}")))?;
+    if !out.status.success() {
+        return Err(NodeError::Network(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn create_tap(lease: &Lease) -> Result<()> {
+    let tap = lease.record.tap.as_str();
+    if Path::new("/sys/class/net").join(tap).exists() {
+        delete_tap(tap);
+    }
+    ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+    let addr = format!("{}/{}", lease.host_ip, lease.prefix_len);
+    let r = ip(&["addr", "add", &addr, "dev", tap]).and_then(|_| ip(&["link", "set", tap, "up"]));
+    if r.is_err() {
+        delete_tap(tap);
+    }
+    r
+}
+
+pub fn delete_tap(tap: &str) {
+    if Path::new("/sys/class/net").join(tap).exists() {
+        let _ = ip(&["link", "del", "dev", tap]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(
+            parse_cidr("10.88.0.0/16").unwrap(),
+            ("10.88.0.0".parse().unwrap(), 16)
+        );
+        assert!(parse_cidr("10.88.0.0").is_err());
+        assert!(parse_cidr("10.888.0.0/16").is_err());
+        assert!(parse_cidr("10.88.0.0/33").is_err());
+    }
+
+    #[test]
+    fn addresses_follow_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = NetPool::new("10.88.0.0/16", dir.path()).unwrap();
+        let l = pool.lease_for(LeaseRecord {
+            index: 3,
+            workspace_id: "ws".into(),
+            owner_pid: 1,
+            tap: "wt3".into(),
+        });
+        assert_eq!(l.host_ip, "10.88.0.13".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(l.guest_ip, "10.88.0.14".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(l.mac, "02:57:52:00:00:03");
+        assert!(NetPool::new("10.88.0.0/30", dir.path()).is_err());
+    }
+}

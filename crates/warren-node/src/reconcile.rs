@@ -1,0 +1,109 @@
+//! Removing what belongs to no live owner: VMM processes, taps, leases and run
+//! directories left by a process that crashed or was killed.
+
+use crate::net::NetPool;
+use crate::workspace::{OwnerRecord, OWNER_FILE};
+use std::path::Path;
+
+/// What a reconcile pass removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Reconciled {
+    pub vms_killed: Vec<String>,
+    pub leases_released: Vec<String>,
+    pub dirs_removed: Vec<String>,
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Remove workspaces under `data_dir` whose owner process is gone, unless `keep`
+/// says the caller (a server that adopts its workspaces) still wants them, and
+/// release host-wide leases whose owner is gone.
+pub fn reconcile(data_dir: &Path, pool: &NetPool, keep: &dyn Fn(&str) -> bool) -> Reconciled {
+    let mut out = Reconciled::default();
+    let ws_dir = data_dir.join("workspaces");
+    if let Ok(rd) = std::fs::read_dir(&ws_dir) {
+        for e in rd.flatten() {
+            let dir = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            let owner: Option<OwnerRecord> = std::fs::read(dir.join(OWNER_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let orphan = match &owner {
+                Some(o) => !pid_alive(o.owner_pid) && !keep(&o.workspace_id),
+                None => !keep(&name),
+            };
+            if !orphan {
+                continue;
+            }
+            if let Some(pid) = owner.as_ref().and_then(|o| o.vmm_pid) {
+                if is_our_vmm(pid, &name) {
+                    // SAFETY: killing a process whose cmdline names this workspace.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    out.vms_killed.push(name.clone());
+                }
+            }
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                out.dirs_removed.push(name);
+            }
+        }
+    }
+    for l in pool.leases() {
+        if !pid_alive(l.owner_pid) && !keep(&l.workspace_id) {
+            pool.release(&l);
+            out.leases_released.push(l.workspace_id);
+        }
+    }
+    // Taps with no lease, and VMMs running for a removed run directory of ours.
+    let leased: Vec<String> = pool.leases().into_iter().map(|l| l.tap).collect();
+    if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            let ours = n.strip_prefix("wt").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            if ours && !leased.contains(&n) {
+                crate::net::delete_tap(&n);
+                out.leases_released.push(n);
+            }
+        }
+    }
+    let marker = format!("{}/", ws_dir.display());
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            let Some(rest) = cmd.split(&marker).nth(1) else {
+                continue;
+            };
+            let id = rest.split('/').next().unwrap_or("");
+            if id.is_empty() || !cmd.contains(&format!("warren-{id},")) {
+                continue;
+            }
+            if !ws_dir.join(id).exists() && !keep(id) {
+                // SAFETY: a VMM whose command line names a run directory of ours that
+                // no longer exists.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                out.vms_killed.push(id.to_string());
+            }
+        }
+    }
+    if out != Reconciled::default() {
+        tracing::info!(?out, "reconciled leftovers of dead owners");
+    }
+    out
+}
+
+/// Is `pid` a VMM started for workspace `id` (not an unrelated process that reused the
+/// pid)?
+fn is_our_vmm(pid: u32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c).contains(&format!("warren-{id},"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,531 @@
+//! Creating and destroying workspace VMs on this host.
+
+use crate::config::NodeConfig;
+use crate::control::ControlChannel;
+use crate::net::{Lease, NetPool};
+use crate::{disk, io_err, NodeError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Mutex, OnceCell};
+use tracing::Instrument;
+use warren_guest::{GuestAssets, GuestKernel};
+use warren_images::{Image, ImageStore, ImageStoreConfig, Progress};
+use warren_protocol::control::{
+    BootConfig, BootTimings, DataDisk, GuestMessage, HostMessage, NetworkConfig,
+    DATA_DISK_SERIAL, IMAGE_DISK_SERIAL,
+};
+use warren_protocol::runtime::API_PORT;
+use warren_vmm::{qemu::QemuVmm, Accel, DiskSpec, NetSpec, Vm, VmSpec, Vmm};
+
+/// What the caller wants booted.
+#[derive(Debug, Clone)]
+pub struct WorkspaceSpec {
+    /// `None`: a fresh id.
+    pub id: Option<String>,
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u64,
+    pub env: Vec<(String, String)>,
+    /// Run at boot; `None`: nothing (the workspace waits for exec).
+    pub cmd: Option<Vec<String>>,
+    /// Kill the VM when this process dies (standalone `warren run`).
+    pub die_with_owner: bool,
+}
+
+impl Default for WorkspaceSpec {
+    fn default() -> Self {
+        WorkspaceSpec {
+            id: None,
+            image: "debian-12".into(),
+            cpus: 1,
+            memory_mb: 512,
+            disk_size_mb: 1024,
+            env: Vec::new(),
+            cmd: None,
+            die_with_owner: false,
+        }
+    }
+}
+
+/// Where the time of a boot went, host and guest side.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BootReport {
+    pub accel: String,
+    pub accel_reason: String,
+    pub engine: String,
+    pub image_ms: f64,
+    pub guest_assets_ms: f64,
+    pub disk_ms: f64,
+    pub network_ms: f64,
+    /// Spawning the VMM until its QMP socket answers.
+    pub vmm_start_ms: f64,
+    /// VMM started until the agent said it is ready.
+    pub guest_boot_ms: f64,
+    pub total_ms: f64,
+    /// The guest's own timeline (ms since its kernel started).
+    pub guest: BootTimings,
+}
+
+/// Marker written into a workspace's run directory; names the process that owns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub workspace_id: String,
+    pub owner_pid: u32,
+    pub vmm_pid: Option<u32>,
+    pub lease_index: u32,
+}
+
+pub const OWNER_FILE: &str = "owner.json";
+
+pub struct RunningWorkspace {
+    pub id: String,
+    pub image: Image,
+    pub guest_ip: std::net::Ipv4Addr,
+    pub api_token: String,
+    pub run_dir: PathBuf,
+    pub report: BootReport,
+    pub vm: Box<dyn Vm>,
+    pub control: ControlChannel,
+    pub events: Mutex<mpsc::UnboundedReceiver<GuestMessage>>,
+    lease: Lease,
+}
+
+impl RunningWorkspace {
+    /// Base URL of the agent's runtime API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}:{}", self.guest_ip, API_PORT)
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    images: ImageStore,
+    vmm: Arc<dyn Vmm>,
+    accel: Accel,
+    accel_reason: String,
+    pool: NetPool,
+    guest: OnceCell<GuestAssets>,
+}
+
+impl Node {
+    /// Check the host (VMM binary, accelerator, address pool) and set up directories.
+    /// Nothing slow happens here: the kernel and images are prepared on first use.
+    pub fn new(config: NodeConfig) -> Result<Self> {
+        let vmm = QemuVmm::new(config.qemu_binary.clone())?;
+        let (accel, accel_reason) = warren_vmm::detect_accel(
+            config.accel,
+            config.custom_kernel.is_some() && config.kernel_pvm_capable,
+        )?;
+        tracing::info!(%accel, reason = %accel_reason, "accelerator");
+        for d in [&config.data_dir, &config.cache_dir, &config.run_dir] {
+            std::fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
+        }
+        let pool = NetPool::new(&config.network_cidr, &config.run_dir)?;
+        let images = ImageStore::new(ImageStoreConfig {
+            cache_dir: config.cache_dir.clone(),
+            debian_mirror: config.debian_mirror.clone(),
+            ..ImageStoreConfig::default()
+        })?;
+        Ok(Node {
+            config,
+            images,
+            vmm: Arc::new(vmm),
+            accel,
+            accel_reason,
+            pool,
+            guest: OnceCell::new(),
+        })
+    }
+
+    pub fn accel(&self) -> (Accel, &str) {
+        (self.accel, &self.accel_reason)
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    pub fn pool(&self) -> &NetPool {
+        &self.pool
+    }
+
+    /// Check a spec against the node's limits before anything is allocated.
+    pub fn validate(&self, spec: &WorkspaceSpec) -> Result<()> {
+        let c = &self.config;
+        let bad = |field, reason: String| Err(NodeError::Invalid { field, reason });
+        if spec.cpus == 0 || spec.cpus > c.max_cpus {
+            return bad("cpus", format!("{} is out of range 1-{}", spec.cpus, c.max_cpus));
+        }
+        if spec.memory_mb < 128 || spec.memory_mb > c.max_memory_mb {
+            return bad(
+                "memory_mb",
+                format!("{} is out of range 128-{}", spec.memory_mb, c.max_memory_mb),
+            );
+        }
+        if spec.disk_size_mb < 64 || spec.disk_size_mb > c.max_disk_mb {
+            return bad(
+                "disk_size_mb",
+                format!("{} is out of range 64-{}", spec.disk_size_mb, c.max_disk_mb),
+            );
+        }
+        for (k, _) in &spec.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return bad("env", format!("{k:?} is not a valid variable name"));
+            }
+        }
+        if let Some(id) = &spec.id {
+            if !valid_id(id) {
+                return bad("id", format!("{id:?}: use 3-40 of a-z, 0-9, '_' and '-'"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel and initramfs, prepared once per process.
+    pub async fn guest_assets(&self) -> Result<&GuestAssets> {
+        self.guest
+            .get_or_try_init(|| async {
+                let cfg = self.config.clone();
+                tokio::task::spawn_blocking(move || prepare_guest(&cfg))
+                    .await
+                    .map_err(|e| NodeError::Boot(format!("guest preparation panicked: {e}")))?
+            })
+            .await
+    }
+
+    /// Boot a workspace and wait until its agent serves the runtime API.
+    /// On failure everything allocated so far is released.
+    pub async fn create(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: &dyn Progress,
+    ) -> Result<RunningWorkspace> {
+        self.validate(spec)?;
+        let id = spec.id.clone().unwrap_or_else(new_workspace_id);
+        let span = tracing::info_span!("workspace", workspace_id = %id);
+        self.create_inner(id, spec, progress).instrument(span).await
+    }
+
+    async fn create_inner(
+        &self,
+        id: String,
+        spec: &WorkspaceSpec,
+        progress: &dyn Progress,
+    ) -> Result<RunningWorkspace> {
+        let t0 = Instant::now();
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+        let image = self.images.resolve(&spec.image, progress).await?;
+        let image_ms = ms(t0);
+        let t = Instant::now();
+        let assets = self.guest_assets().await?.clone();
+        let guest_assets_ms = ms(t);
+
+        let run_dir = self.config.data_dir.join("workspaces").join(&id);
+        if run_dir.exists() {
+            return Err(NodeError::Invalid {
+                field: "id",
+                reason: format!("a workspace named {id} already exists on this node"),
+            });
+        }
+        let mut cleanup = Cleanup {
+            pool: &self.pool,
+            run_dir: Some(run_dir.clone()),
+            lease: None,
+        };
+        std::fs::create_dir_all(&run_dir)
+            .map_err(io_err(format!("create {}", run_dir.display())))?;
+
+        let t = Instant::now();
+        let data_disk = run_dir.join("data.ext4");
+        disk::create_data_disk(&data_disk, spec.disk_size_mb)?;
+        let disk_ms = ms(t);
+
+        let t = Instant::now();
+        let lease = self.pool.allocate(&id)?;
+        cleanup.lease = Some(lease.record.clone());
+        let network_ms = ms(t);
+        write_owner(&run_dir, &id, None, lease.record.index)?;
+
+        let vm_spec = VmSpec {
+            id: id.clone(),
+            run_dir: run_dir.clone(),
+            kernel: assets.vmlinux.clone(),
+            initramfs: Some(assets.initramfs.clone()),
+            cmdline: warren_guest::kernel_cmdline(&warren_guest::CmdlineOptions {
+                tsc_khz: warren_guest::cmdline::host_tsc_khz(),
+                extra: Vec::new(),
+                verbose: self.config.verbose_kernel,
+            }),
+            cpus: spec.cpus,
+            memory_mb: spec.memory_mb,
+            disks: vec![
+                DiskSpec {
+                    path: image.rootfs.clone(),
+                    read_only: true,
+                    serial: IMAGE_DISK_SERIAL.into(),
+                    format: "raw".into(),
+                },
+                DiskSpec {
+                    path: data_disk,
+                    read_only: false,
+                    serial: DATA_DISK_SERIAL.into(),
+                    format: "raw".into(),
+                },
+            ],
+            net: Some(NetSpec {
+                tap: lease.record.tap.clone(),
+                mac: lease.mac.clone(),
+            }),
+            control_socket: run_dir.join("agent.sock"),
+            console_log: run_dir.join("console.log"),
+            accel: self.accel,
+            die_with_parent: spec.die_with_owner,
+        };
+
+        let t = Instant::now();
+        let vm = self.vmm.boot(&vm_spec).await?;
+        let vmm_start_ms = ms(t);
+        write_owner(&run_dir, &id, vm.pid(), lease.record.index)?;
+        let mut killer = KillOnDrop(Some(&*vm));
+
+        let t_boot = Instant::now();
+        let (control, mut events) = ControlChannel::connect(&vm_spec.control_socket).await?;
+        let api_token = random_hex(32);
+        let mut env: BTreeMap<String, String> = image.config.env.iter().cloned().collect();
+        env.extend(spec.env.iter().cloned());
+        let boot = BootConfig {
+            workspace_id: id.clone(),
+            hostname: id.replace('_', "-"),
+            network: Some(NetworkConfig {
+                mac: lease.mac.clone(),
+                address: lease.guest_ip.to_string(),
+                prefix_len: lease.prefix_len,
+                gateway: lease.host_ip.to_string(),
+                dns: self.config.dns_servers.clone(),
+                mtu: 1500,
+            }),
+            env,
+            cmd: spec.cmd.clone(),
+            workdir: image.config.working_dir.clone(),
+            user: image.config.user.clone(),
+            api_token: api_token.clone(),
+            api_port: API_PORT,
+            clock_unix_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            entropy_hex: random_hex(64),
+            data_disk: DataDisk::Ext4,
+        };
+        control
+            .send(&HostMessage::Boot {
+                config: Box::new(boot),
+            })
+            .await?;
+
+        let timeout = Duration::from_secs(self.config.boot_timeout_secs);
+        let console = vm_spec.console_log.clone();
+        let guest = tokio::select! {
+            r = wait_ready(&mut events) => r.map_err(|e| {
+                NodeError::Boot(format!("{e}; boot log: {}", tail(&console)))
+            })?,
+            exit = vm.wait() => {
+                let why = match exit {
+                    Ok(x) => format!("the VM exited during boot ({x:?})"),
+                    Err(e) => e.to_string(),
+                };
+                return Err(NodeError::Boot(format!("{why}; boot log: {}", tail(&console))));
+            }
+            _ = tokio::time::sleep(timeout) => {
+                return Err(NodeError::BootTimeout(timeout, console));
+            }
+        };
+        let guest_boot_ms = ms(t_boot);
+        killer.0 = None;
+        drop(killer);
+        let report = BootReport {
+            accel: self.accel.to_string(),
+            accel_reason: self.accel_reason.clone(),
+            engine: self.vmm.name().into(),
+            image_ms,
+            guest_assets_ms,
+            disk_ms,
+            network_ms,
+            vmm_start_ms,
+            guest_boot_ms,
+            total_ms: ms(t0),
+            guest,
+        };
+        tracing::info!(ip = %lease.guest_ip, total_ms = report.total_ms, "workspace ready");
+        cleanup.disarm();
+        Ok(RunningWorkspace {
+            id,
+            image,
+            guest_ip: lease.guest_ip,
+            api_token,
+            run_dir,
+            report,
+            vm,
+            control,
+            events: Mutex::new(events),
+            lease,
+        })
+    }
+
+    /// Stop the VM (asking the guest to power off first when `grace` is non-zero) and
+    /// remove everything the workspace had on this host.
+    pub async fn destroy(&self, ws: RunningWorkspace, grace: Duration) -> Result<()> {
+        let span = tracing::info_span!("workspace", workspace_id = %ws.id);
+        async {
+            if !grace.is_zero() && ws.control.send(&HostMessage::Shutdown).await.is_ok() {
+                if let Ok(Some(_)) = ws.vm.wait_timeout(grace).await {
+                    tracing::debug!("guest powered off");
+                }
+            }
+            ws.vm.kill().await?;
+            self.pool.release(&ws.lease.record);
+            std::fs::remove_dir_all(&ws.run_dir)
+                .map_err(io_err(format!("remove {}", ws.run_dir.display())))?;
+            tracing::info!("workspace destroyed");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn wait_ready(events: &mut mpsc::UnboundedReceiver<GuestMessage>) -> Result<BootTimings> {
+    while let Some(m) = events.recv().await {
+        match m {
+            GuestMessage::Ready { timings } => return Ok(timings),
+            GuestMessage::BootFailed { error } => {
+                return Err(NodeError::Boot(format!("the agent reported: {error}")))
+            }
+            GuestMessage::Hello { agent_version, .. } => {
+                tracing::debug!(agent_version, "agent said hello")
+            }
+            other => tracing::debug!(?other, "guest message during boot"),
+        }
+    }
+    Err(NodeError::Boot("the control channel closed".into()))
+}
+
+fn prepare_guest(cfg: &NodeConfig) -> Result<GuestAssets> {
+    let kernel = match &cfg.custom_kernel {
+        Some(vmlinux) => GuestKernel::custom("custom", vmlinux.clone()),
+        None => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
+    };
+    let initramfs = warren_guest::build_initramfs(&kernel, &cfg.agent_binary, &cfg.cache_dir)?;
+    Ok(GuestAssets {
+        vmlinux: kernel.vmlinux,
+        initramfs,
+        kernel_release: kernel.release,
+    })
+}
+
+/// Releases what a failed create allocated.
+struct Cleanup<'a> {
+    pool: &'a NetPool,
+    run_dir: Option<PathBuf>,
+    lease: Option<crate::net::LeaseRecord>,
+}
+
+impl Cleanup<'_> {
+    fn disarm(&mut self) {
+        self.run_dir = None;
+        self.lease = None;
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(l) = self.lease.take() {
+            self.pool.release(&l);
+        }
+        if let Some(d) = self.run_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Kills a VM whose boot failed before it is dropped.
+struct KillOnDrop<'a>(Option<&'a dyn Vm>);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(vm) = self.0 {
+            if let Some(pid) = vm.pid() {
+                // SAFETY: signalling the VMM child we started; it has not been reaped
+                // while `vm` (which owns its exit watcher) is alive.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn write_owner(dir: &std::path::Path, id: &str, vmm_pid: Option<u32>, idx: u32) -> Result<()> {
+    let rec = OwnerRecord {
+        workspace_id: id.into(),
+        owner_pid: std::process::id(),
+        vmm_pid,
+        lease_index: idx,
+    };
+    let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+    std::fs::write(dir.join(OWNER_FILE), body).map_err(io_err("write owner record"))
+}
+
+fn tail(p: &std::path::Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let start = s.len().saturating_sub(1500);
+    let t = s.get(start..).unwrap_or("").trim();
+    if t.is_empty() {
+        "(empty)".into()
+    } else {
+        t.to_string()
+    }
+}
+
+pub fn valid_id(id: &str) -> bool {
+    (3..=40).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+pub fn new_workspace_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    use rand::Rng;
+    let mut r = rand::thread_rng();
+    let s: String = (0..12)
+        .map(|_| ALPHABET[r.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("ws_{s}")
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        let id = new_workspace_id();
+        assert!(valid_id(&id), "{id}");
+        assert!(!valid_id("A"));
+        assert!(!valid_id("ws/../x"));
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, builds, lints, and runs every test
+# (unit tests and tests that boot real microVMs). Needs root (taps, nftables).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+bindir=$(scripts/build.sh)
+export WARREN_AGENT="$bindir/warren-agent"
+export WARREN_CACHE_DIR="${WARREN_CACHE_DIR:-/var/cache/warren}"
+
+cargo fmt --all --check
+cargo clippy -q --workspace --all-targets -- -D warnings
+
+# Warm the caches the VM tests share (kernel, busybox and debian-12 images) once, so
+# parallel tests do not all wait on the same first build.
+"$bindir/warren" image-build busybox >/dev/null
+"$bindir/warren" image-build debian-12 >/dev/null
+
+cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/warren-test.log
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,336 @@
+//! `init` mode: the agent as PID 1 of a workspace VM.
+//!
+//! Order: API file systems and console, kernel modules (synchronously, before anything
+//! else opens files or starts threads); then, in the async runtime: the child reaper,
+//! the control port (`Hello` -> `Boot`), clock and entropy, disks and overlay,
+//! switch_root, hostname, network, the runtime API (`Ready`), the workspace command.
+//! Afterwards the control loop answers pings and handles power-off. A failure before
+//! `Ready` is reported as `BootFailed` and the VM stays up: PID 1 never exits.
+
+mod cmd;
+pub mod modules;
+pub mod mounts;
+mod shutdown;
+mod system;
+
+use crate::api::{self, AppState};
+use crate::control::{self, ControlTx};
+use crate::net::{self, NetError};
+use crate::reaper::Reaper;
+use crate::time::boottime_ms;
+use crate::workspace::{resolve_user_in, UserError, Workspace};
+use mounts::MountError;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+use warren_protocol::control::{BootConfig, BootTimings, GuestMessage, HostMessage, PROTOCOL_VERSION};
+
+/// How long to wait for devices (the control port, disks, the NIC) to show up.
+const DEVICE_WAIT: Duration = Duration::from_secs(2);
+const BOOT_LOG: &str = "/run/warren/boot.log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{0}")]
+    Mount(#[from] MountError),
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+    #[error("workspace user: {0}")]
+    User(#[from] UserError),
+    #[error("cannot start the child reaper: {0}")]
+    Reaper(std::io::Error),
+    #[error("runtime API: cannot listen on 0.0.0.0:{port}: {err}")]
+    Bind { port: u16, err: std::io::Error },
+}
+
+/// Block forever (PID 1 must not exit).
+pub fn idle_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// One short line per boot step, to the console and later to [`BOOT_LOG`].
+#[derive(Default)]
+struct BootLog {
+    lines: Vec<String>,
+}
+
+impl BootLog {
+    fn step(&mut self, msg: impl AsRef<str>) {
+        let line = format!("[{:>6} ms] {}", boottime_ms(), msg.as_ref());
+        tracing::info!("{line}");
+        self.lines.push(line);
+    }
+
+    fn save(&self) {
+        let _ = std::fs::create_dir_all("/run/warren");
+        let _ = std::fs::write(BOOT_LOG, self.lines.join("\n") + "\n");
+    }
+}
+
+/// Entry of `init` mode. Never returns.
+pub fn run() -> ! {
+    let mut timings = BootTimings {
+        agent_start_ms: boottime_ms(),
+        ..Default::default()
+    };
+    // Nothing may open a file before fds 0-2 exist, and /dev/console needs /dev.
+    let mount_problems = mounts::mount_api_filesystems();
+    crate::stdio::console();
+    crate::logging::init();
+    let mut log = BootLog::default();
+    log.step(format!(
+        "warren-agent {} starting as init (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    ));
+    for p in &mount_problems {
+        tracing::warn!("{p}");
+    }
+    log.step("api file systems mounted");
+
+    let report = modules::load_all(Path::new(modules::MODULES_LIST));
+    timings.modules_loaded_ms = boottime_ms();
+    for f in &report.failed {
+        tracing::error!("kernel module {f}");
+    }
+    log.step(format!(
+        "kernel modules: {} loaded, {} already present, {} failed",
+        report.loaded,
+        report.already,
+        report.failed.len()
+    ));
+
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async_main(timings, log)),
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}; idling");
+            idle_forever()
+        }
+    }
+}
+
+/// Power-off requests from inside the guest: busybox `poweroff` (SIGUSR2), `halt`
+/// (SIGUSR1) and `reboot` (SIGTERM). The host runs QEMU with -no-reboot, so all of them
+/// end the VM.
+struct PowerSignals {
+    sigs: Vec<(Signal, &'static str)>,
+}
+
+impl PowerSignals {
+    fn new() -> PowerSignals {
+        let mut sigs = Vec::new();
+        for (kind, name) in [
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::user_defined1(), "SIGUSR1"),
+            (SignalKind::user_defined2(), "SIGUSR2"),
+        ] {
+            match signal(kind) {
+                Ok(s) => sigs.push((s, name)),
+                Err(e) => tracing::warn!("cannot handle {name}: {e}"),
+            }
+        }
+        PowerSignals { sigs }
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        if self.sigs.is_empty() {
+            return std::future::pending().await;
+        }
+        let futs = self
+            .sigs
+            .iter_mut()
+            .map(|(s, name)| {
+                let name = *name;
+                Box::pin(async move {
+                    s.recv().await;
+                    name
+                })
+            })
+            .collect::<Vec<_>>();
+        futures_util::future::select_all(futs).await.0
+    }
+}
+
+/// The next host message; pends forever once there is no channel.
+async fn next_message(rx: &mut Option<mpsc::Receiver<HostMessage>>) -> HostMessage {
+    if let Some(r) = rx.as_mut() {
+        if let Some(m) = r.recv().await {
+            return m;
+        }
+        tracing::warn!("control channel reader ended");
+        *rx = None;
+    }
+    std::future::pending().await
+}
+
+/// What a successful boot hands to the steady state.
+struct Booted {
+    listener: tokio::net::TcpListener,
+    workspace: Workspace,
+}
+
+async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
+    let mut signals = PowerSignals::new();
+    let reaper = Reaper::start();
+    let (tx, mut rx) = match tokio::task::block_in_place(|| control::open(DEVICE_WAIT)) {
+        Ok(port) => {
+            log.step(format!("control port {}", port.path.display()));
+            (port.tx, Some(port.rx))
+        }
+        Err(e) => {
+            tracing::error!("{e}; cannot receive a boot configuration");
+            (ControlTx::disconnected(), None)
+        }
+    };
+    tx.send(&GuestMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+
+    let mut data_fd: Option<OwnedFd> = None;
+    let config = loop {
+        tokio::select! {
+            msg = next_message(&mut rx) => match msg {
+                HostMessage::Boot { config } => break config,
+                HostMessage::Ping { id } => tx.send(&GuestMessage::Pong { id }),
+                HostMessage::Shutdown => shutdown::poweroff(&tx, None, "asked by the host").await,
+            },
+            name = signals.recv() => shutdown::poweroff(&tx, None, name).await,
+        }
+    };
+    timings.config_received_ms = boottime_ms();
+    log.step(format!("boot config received for {}", config.workspace_id));
+
+    let result = match reaper {
+        Ok(r) => boot(&config, &mut timings, &mut log, &mut data_fd)
+            .await
+            .map(|b| (b, r)),
+        Err(e) => Err(InitError::Reaper(e)),
+    };
+    match result {
+        Ok((booted, reaper)) => {
+            let ws = Arc::new(booted.workspace);
+            let state = AppState::new(&config.api_token, (*ws).clone(), reaper.clone());
+            tokio::spawn(async move {
+                if let Err(e) = api::serve(booted.listener, state).await {
+                    tracing::error!("runtime API server stopped: {e}");
+                }
+            });
+            tx.send(&GuestMessage::Ready {
+                timings: timings.clone(),
+            });
+            log.step(format!(
+                "ready: runtime API on port {} (boot took {} ms)",
+                config.api_port,
+                timings.api_ready_ms.saturating_sub(timings.agent_start_ms)
+            ));
+            log.save();
+            if let Some(argv) = config.cmd.clone() {
+                cmd::start(ws, reaper, argv, tx.clone());
+            }
+        }
+        Err(e) => {
+            tracing::error!("boot failed: {e}");
+            log.step(format!("boot failed: {e}"));
+            log.save();
+            tx.send(&GuestMessage::BootFailed {
+                error: e.to_string(),
+            });
+        }
+    }
+
+    loop {
+        tokio::select! {
+            msg = next_message(&mut rx) => match msg {
+                HostMessage::Ping { id } => tx.send(&GuestMessage::Pong { id }),
+                HostMessage::Shutdown => {
+                    shutdown::poweroff(&tx, data_fd.as_ref(), "asked by the host").await
+                }
+                HostMessage::Boot { .. } => tracing::warn!("ignoring a second boot config"),
+            },
+            name = signals.recv() => shutdown::poweroff(&tx, data_fd.as_ref(), name).await,
+        }
+    }
+}
+
+async fn boot(
+    config: &BootConfig,
+    timings: &mut BootTimings,
+    log: &mut BootLog,
+    data_fd: &mut Option<OwnedFd>,
+) -> Result<Booted, InitError> {
+    if let Err(e) = system::set_clock(config.clock_unix_ns) {
+        tracing::warn!("{e}");
+    }
+    match system::add_entropy(&config.entropy_hex) {
+        Ok(n) => log.step(format!("clock set; {n} bytes of host entropy added")),
+        Err(e) => tracing::warn!("entropy: {e}"),
+    }
+
+    let root = tokio::task::block_in_place(|| mounts::prepare_root(&config.data_disk, DEVICE_WAIT))?;
+    log.step(&root.summary);
+    *data_fd = root.data;
+    tokio::task::block_in_place(|| mounts::switch_root(Path::new(mounts::ROOT_DIR)))?;
+    timings.root_mounted_ms = boottime_ms();
+    log.step("switched into the workspace root");
+
+    for p in system::set_hostname(Path::new("/"), &config.hostname) {
+        tracing::warn!("hostname: {p}");
+    }
+
+    if let Err(e) = net::loopback_up() {
+        tracing::warn!("lo: {e}");
+    }
+    if let Some(n) = &config.network {
+        let dev = tokio::task::block_in_place(|| net::configure(n, DEVICE_WAIT))?;
+        if !n.dns.is_empty() {
+            if let Err(e) = net::write_resolv_conf(Path::new("/"), &n.dns) {
+                tracing::warn!("/etc/resolv.conf: {e}");
+            }
+        }
+        log.step(format!(
+            "network: {dev} {}/{} via {} mtu {}",
+            n.address, n.prefix_len, n.gateway, n.mtu
+        ));
+    }
+    timings.network_ms = boottime_ms();
+
+    let user = match config.user.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        Some(spec) => Some(resolve_user_in(spec, Path::new("/"))?),
+        None => None,
+    };
+    let workdir = config
+        .workdir
+        .as_deref()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from);
+    if let Some(w) = &workdir {
+        if !w.exists() {
+            if let Err(e) = std::fs::create_dir_all(w) {
+                tracing::warn!("workdir {}: {e}", w.display());
+            }
+        }
+    }
+    let workspace = Workspace::new(config.env.clone(), workdir, user);
+
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.api_port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| InitError::Bind {
+            port: config.api_port,
+            err,
+        })?;
+    timings.api_ready_ms = boottime_ms();
+    Ok(Booted {
+        listener,
+        workspace,
+    })
+}

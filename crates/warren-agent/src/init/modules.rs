@@ -1,0 +1,136 @@
+//! Loading the kernel modules listed in `/etc/warren/modules` with `finit_module`.
+//!
+//! Format: one absolute path to a `.ko` (optionally compressed) per line, in load order,
+//! optionally followed by a space and module parameters. Blank lines and lines starting
+//! with `#` are ignored.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+pub const MODULES_LIST: &str = "/etc/warren/modules";
+
+/// `MODULE_INIT_COMPRESSED_FILE`: let the kernel (6.4+) decompress.
+const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSpec {
+    pub path: String,
+    pub params: String,
+}
+
+pub fn parse_list(text: &str) -> Vec<ModuleSpec> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| match l.split_once(char::is_whitespace) {
+            Some((path, params)) => ModuleSpec {
+                path: path.to_string(),
+                params: params.trim().to_string(),
+            },
+            None => ModuleSpec {
+                path: l.to_string(),
+                params: String::new(),
+            },
+        })
+        .collect()
+}
+
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub already: usize,
+    pub failed: Vec<String>,
+}
+
+fn load_one(m: &ModuleSpec) -> Result<bool, String> {
+    let file = File::open(&m.path).map_err(|e| format!("{}: {e}", m.path))?;
+    let params = CString::new(m.params.as_str()).map_err(|_| format!("{}: NUL in params", m.path))?;
+    let compressed = [".xz", ".zst", ".gz"].iter().any(|s| m.path.ends_with(s));
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
+    // SAFETY: finit_module(fd, const char *params, int flags) with a valid fd and string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        Ok(false)
+    } else {
+        Err(format!("{}: {err}", m.path))
+    }
+}
+
+/// Load every module of the list at `list` (a missing list means none).
+pub fn load_all(list: &Path) -> LoadReport {
+    let mut report = LoadReport::default();
+    let Ok(text) = std::fs::read_to_string(list) else {
+        return report;
+    };
+    for m in parse_list(&text) {
+        match load_one(&m) {
+            Ok(true) => report.loaded += 1,
+            Ok(false) => report.already += 1,
+            Err(e) => report.failed.push(e),
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_module_list() {
+        let text = "# virtio first\n\
+            /lib/modules/6.1/kernel/virtio.ko\n\
+            \n   \n\
+            /lib/modules/6.1/kernel/virtio_console.ko.xz\n\
+            /lib/modules/6.1/kernel/loop.ko  max_loop=8 max_part=2 \n\
+              # indented comment\n";
+        let l = parse_list(text);
+        assert_eq!(
+            l,
+            vec![
+                ModuleSpec {
+                    path: "/lib/modules/6.1/kernel/virtio.ko".into(),
+                    params: "".into()
+                },
+                ModuleSpec {
+                    path: "/lib/modules/6.1/kernel/virtio_console.ko.xz".into(),
+                    params: "".into()
+                },
+                ModuleSpec {
+                    path: "/lib/modules/6.1/kernel/loop.ko".into(),
+                    params: "max_loop=8 max_part=2".into()
+                },
+            ]
+        );
+        assert!(parse_list("").is_empty());
+    }
+
+    #[test]
+    fn missing_files_are_reported_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let list = d.path().join("modules");
+        std::fs::write(&list, "/no/such/module.ko\n").unwrap();
+        let r = load_all(&list);
+        assert_eq!(r.loaded, 0);
+        assert_eq!(r.failed.len(), 1);
+        assert!(r.failed[0].contains("/no/such/module.ko"));
+        assert!(load_all(&d.path().join("absent")).failed.is_empty());
+    }
+}

@@ -417,7 +417,7 @@ impl<'a> RegistryClient<'a> {
         let resp = self
             .send(Method::GET, &url, Some(MANIFEST_ACCEPT))
             .await
-            .map_err(|e| self.into_image_error(e))?;
+            .map_err(|e| self.send_error(e))?;
         let resp = self.check(resp, &what).await?;
         let body = read_limited(resp, MAX_JSON)
             .await
@@ -434,7 +434,7 @@ impl<'a> RegistryClient<'a> {
         Ok((body, digest))
     }
 
-    fn into_image_error(&self, e: SendError) -> ImageError {
+    fn send_error(&self, e: SendError) -> ImageError {
         match e {
             SendError::Transport(m) => ImageError::registry(self.registry(), m),
             SendError::Image(e) => e,
@@ -490,7 +490,7 @@ impl<'a> RegistryClient<'a> {
         let resp = self
             .send(Method::GET, &self.url("blobs", &desc.digest), None)
             .await
-            .map_err(|e| self.into_image_error(e))?;
+            .map_err(|e| self.send_error(e))?;
         let resp = self.check(resp, &what).await?;
         let body = read_limited(resp, MAX_JSON)
             .await
@@ -527,7 +527,7 @@ impl<'a> RegistryClient<'a> {
         let resp = self
             .send(Method::GET, &self.url("blobs", &desc.digest), None)
             .await
-            .map_err(|e| self.into_image_error(e))?;
+            .map_err(|e| self.send_error(e))?;
         let mut resp = self.check(resp, &what).await?;
         let total = desc.size.or(resp.content_length());
         let mut file = tokio::fs::File::create(&partial)

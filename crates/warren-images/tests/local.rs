@@ -42,6 +42,12 @@ fn check_standard_rootfs(rootfs: &Path) {
     assert_eq!(sym.mode & 0o170000, 0o120000, "not a symlink");
     let s = debugfs(rootfs, "stat /bin/tool-symlink");
     assert!(s.contains("Fast link dest: \"tool\""), "{s}");
+    // PAX xattrs (how file capabilities travel) are kept.
+    let ea = debugfs(rootfs, "ea_list /bin/captool");
+    assert!(
+        ea.contains("user.warren") && ea.contains("kept"),
+        "xattr lost: {ea}"
+    );
     // The zstd layer.
     assert_eq!(cat(rootfs, "/usr/share/zstd.txt"), "from a zstd layer\n");
     // No journal, labelled.
@@ -182,6 +188,26 @@ async fn docker_save_archive_builds_the_same_image() {
         matches!(missing, Err(ImageError::NotFound { .. })),
         "{missing:?}"
     );
+}
+
+#[tokio::test]
+async fn oci_archive_tarball_is_read_through_its_index() {
+    let t = tempfile::tempdir().expect("tmp");
+    let img = standard_image();
+    let layout = t.path().join("layout");
+    write_layout(&layout, &img, "v1");
+    let tarball = t.path().join("oci.tar");
+    tar_dir(&layout, &tarball);
+    let s = store(&t.path().join("cache"));
+    let image = s
+        .resolve(
+            &format!("docker-archive:{}:v1", tarball.display()),
+            &NoProgress,
+        )
+        .await
+        .expect("oci archive");
+    assert_eq!(image.digest, img.config_digest);
+    check_standard_rootfs(&image.rootfs);
 }
 
 #[tokio::test]

@@ -39,7 +39,8 @@ impl Registry {
         for l in &img.layers {
             self.blobs.insert(sha(&l.stored), l.stored.clone());
         }
-        self.blobs.insert(img.config_digest.clone(), img.config.clone());
+        self.blobs
+            .insert(img.config_digest.clone(), img.config.clone());
         self.manifests.insert(
             img.manifest_digest.clone(),
             (
@@ -88,7 +89,11 @@ async fn v2_root(State(r): State<Arc<Registry>>, headers: HeaderMap) -> Response
     (StatusCode::OK, "{}").into_response()
 }
 
-async fn v2(State(r): State<Arc<Registry>>, UrlPath(rest): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn v2(
+    State(r): State<Arc<Registry>>,
+    UrlPath(rest): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
     r.requests.fetch_add(1, Ordering::SeqCst);
     let not_found = || {
         (
@@ -116,7 +121,10 @@ async fn v2(State(r): State<Arc<Registry>>, UrlPath(rest): UrlPath<String>, head
                 StatusCode::OK,
                 [
                     (header::CONTENT_TYPE, mt.clone()),
-                    (header::HeaderName::from_static("docker-content-digest"), sha(body)),
+                    (
+                        header::HeaderName::from_static("docker-content-digest"),
+                        sha(body),
+                    ),
                 ],
                 body.clone(),
             )
@@ -241,17 +249,28 @@ async fn anonymous_pull_then_cache_hits_without_network() {
         "no download progress"
     );
     let phases = rec.phases.lock().expect("lock").clone();
-    assert_eq!(phases.iter().filter(|p| p.starts_with("pulling layer")).count(), 3);
+    assert_eq!(
+        phases
+            .iter()
+            .filter(|p| p.starts_with("pulling layer"))
+            .count(),
+        3
+    );
     // manifest + config + 3 layers, anonymously.
     assert_eq!(count(&state), 5);
     assert_eq!(state.token_requests.load(Ordering::SeqCst), 0);
     // Downloaded layers live in the build dir only.
-    assert!(cache_leftovers(&cache).iter().all(|p| p.starts_with(cache.join("images"))));
+    assert!(cache_leftovers(&cache)
+        .iter()
+        .all(|p| p.starts_with(cache.join("images"))));
 
     // Pinned by the manifest digest: no request at all.
     let before = count(&state);
     let pinned = s
-        .resolve(&format!("{host}/test/img@{}", img.manifest_digest), &NoProgress)
+        .resolve(
+            &format!("{host}/test/img@{}", img.manifest_digest),
+            &NoProgress,
+        )
         .await
         .expect("pinned");
     assert_eq!(pinned.digest, img.config_digest);
@@ -337,7 +356,11 @@ async fn manifest_list_resolves_to_amd64_with_bearer_token_auth() {
     let again = s.resolve(&pinned, &NoProgress).await.expect("again");
     assert_eq!(again.digest, amd.config_digest);
     assert_eq!(again.rootfs, image.rootfs);
-    assert_eq!(count(&state), before, "second resolve by digest contacted the registry");
+    assert_eq!(
+        count(&state),
+        before,
+        "second resolve by digest contacted the registry"
+    );
 
     // The tag, through the same index: the image is already built, so no layer is fetched.
     let tagged = s
@@ -368,11 +391,18 @@ async fn tampered_blob_from_registry_is_corrupt_and_not_cached() {
         .await
         .expect_err("tampered");
     assert!(matches!(err, ImageError::Corrupt { .. }), "{err:?}");
-    assert!(cache_leftovers(&cache).is_empty(), "{:?}", cache_leftovers(&cache));
+    assert!(
+        cache_leftovers(&cache).is_empty(),
+        "{:?}",
+        cache_leftovers(&cache)
+    );
 
     let missing = s
         .resolve(&format!("{host}/test/nothere:v1"), &NoProgress)
         .await
         .expect_err("404");
-    assert!(matches!(missing, ImageError::NotFound { .. }), "{missing:?}");
+    assert!(
+        matches!(missing, ImageError::NotFound { .. }),
+        "{missing:?}"
+    );
 }

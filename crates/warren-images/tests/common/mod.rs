@@ -30,6 +30,21 @@ pub enum E {
     HardLink(&'static str, &'static str),
     /// Written verbatim into the header (bypassing the tar crate's path checks).
     RawName(&'static str, &'static str),
+    /// A file preceded by a PAX header carrying one `SCHILY.xattr.` attribute.
+    XattrFile(&'static str, &'static str, &'static str, &'static [u8]),
+}
+
+/// One PAX record: "LEN key=value\n", LEN counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body_len = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body_len + 1;
+    while len.to_string().len() + body_len != len {
+        len = len.to_string().len() + body_len;
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
 }
 
 pub fn tar_layer(entries: &[E]) -> Vec<u8> {
@@ -84,6 +99,22 @@ pub fn tar_layer(entries: &[E]) -> Vec<u8> {
                 h.set_size(0);
                 h.set_cksum();
                 b.append(&h, &[][..]).expect("append");
+            }
+            E::XattrFile(p, content, key, value) => {
+                let rec = pax_record(&format!("SCHILY.xattr.{key}"), value);
+                let mut x = tar::Header::new_ustar();
+                x.set_entry_type(tar::EntryType::XHeader);
+                x.set_path("PaxHeaders/x").expect("path");
+                x.set_mode(0o644);
+                x.set_size(rec.len() as u64);
+                x.set_cksum();
+                b.append(&x, &rec[..]).expect("append pax");
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_path(p).expect("path");
+                h.set_mode(0o755);
+                h.set_size(content.len() as u64);
+                h.set_cksum();
+                b.append(&h, content.as_bytes()).expect("append");
             }
             E::RawName(p, content) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -204,6 +235,7 @@ pub fn standard_image() -> TestImage {
         E::HardLink("bin/tool-hardlink", "bin/tool"),
         E::Symlink("bin/tool-symlink", "tool"),
         E::File("bin/suid", "x", 0o4755),
+        E::XattrFile("bin/captool", "cap", "user.warren", b"kept"),
         E::Dir("srv", 0o755),
     ]);
     let l2 = tar_layer(&[
@@ -264,6 +296,13 @@ pub fn write_layout(dir: &Path, img: &TestImage, tag: &str) {
         &dir.join("index.json"),
         &serde_json::to_vec(&index).expect("json"),
     );
+}
+
+/// Tar up a directory (an OCI layout) as an OCI archive.
+pub fn tar_dir(dir: &Path, out: &Path) {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all(".", dir).expect("tar dir");
+    write(out, &b.into_inner().expect("tar"));
 }
 
 /// Write `img` as a legacy `docker save` tarball (uncompressed `<id>/layer.tar`s).

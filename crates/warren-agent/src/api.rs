@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use warren_protocol::runtime::{
-    stream_event, ExecRequest, ExecTask, Health, RuntimeInfo, StreamData, StreamExit,
-    StreamTaskId, TaskStatus,
+    stream_event, ExecRequest, ExecTask, Health, RuntimeInfo, StreamData, StreamExit, StreamTaskId,
+    TaskStatus,
 };
 
 /// Largest JSON request body (file writes carry content inline).
@@ -60,7 +60,10 @@ impl AppState {
 /// A query-string boolean: `true`, `1`, `yes`, `on` (any case).
 pub fn flag(v: &Option<String>) -> bool {
     matches!(
-        v.as_deref().map(str::trim).map(str::to_ascii_lowercase).as_deref(),
+        v.as_deref()
+            .map(str::trim)
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("true") | Some("1") | Some("yes") | Some("on")
     )
 }
@@ -128,7 +131,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/runtime", get(runtime_info))
-        .route("/exec", post(exec_run).get(exec_list).delete(exec_delete_all))
+        .route(
+            "/exec",
+            post(exec_run).get(exec_list).delete(exec_delete_all),
+        )
         .route("/exec/stream", post(exec_stream).get(exec_subscribe))
         .route("/exec/{id}", get(exec_get).delete(exec_delete))
         .route("/files", get(files::list))
@@ -147,7 +153,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!("no such endpoint: {} {}", req.method(), req.uri().path()))
+    ApiError::NotFound(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
@@ -277,15 +287,26 @@ async fn exec_subscribe(
     let mut out = Vec::new();
     out.push(sse(stream_event::TASK_ID, &StreamTaskId { task_id: id }));
     if let Some(s) = task.stdout.as_deref().filter(|s| !s.is_empty()) {
-        out.push(event_frame(Event::Stdout(Bytes::copy_from_slice(s.as_bytes()))));
+        out.push(event_frame(Event::Stdout(Bytes::copy_from_slice(
+            s.as_bytes(),
+        ))));
     }
     if let Some(s) = task.stderr.as_deref().filter(|s| !s.is_empty()) {
-        out.push(event_frame(Event::Stderr(Bytes::copy_from_slice(s.as_bytes()))));
+        out.push(event_frame(Event::Stderr(Bytes::copy_from_slice(
+            s.as_bytes(),
+        ))));
     }
     out.push(event_frame(Event::Exit(StreamExit {
         exit_code: task.exit_code.unwrap_or(-1),
         pid: task.guest_pid,
-        status: Some(if task.status == TaskStatus::Exited { "exited" } else { "failed" }.into()),
+        status: Some(
+            if task.status == TaskStatus::Exited {
+                "exited"
+            } else {
+                "failed"
+            }
+            .into(),
+        ),
         error: task.error,
     })));
     Ok(sse_response(Body::from(out.concat())))

@@ -184,7 +184,9 @@ pub fn take_lines(buf: &mut Vec<u8>) -> Vec<Result<HostMessage, String>> {
         if text.is_empty() {
             continue;
         }
-        out.push(serde_json::from_str::<HostMessage>(text).map_err(|e| format!("{e}: {text:.200}")));
+        out.push(
+            serde_json::from_str::<HostMessage>(text).map_err(|e| format!("{e}: {text:.200}")),
+        );
     }
     if buf.len() > MAX_LINE {
         out.push(Err(format!("dropping a line longer than {MAX_LINE} bytes")));

@@ -66,7 +66,9 @@ impl ApiError {
         let is = |e: i32| errno == Some(e);
         if err.kind() == io::ErrorKind::NotFound || is(libc::ENOENT) {
             ApiError::NotFound(format!("no such file or directory: {path}"))
-        } else if err.kind() == io::ErrorKind::PermissionDenied || is(libc::EACCES) || is(libc::EPERM)
+        } else if err.kind() == io::ErrorKind::PermissionDenied
+            || is(libc::EACCES)
+            || is(libc::EPERM)
         {
             ApiError::Forbidden(format!("permission denied: {path}"))
         } else if is(libc::EISDIR) {

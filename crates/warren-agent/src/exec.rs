@@ -76,7 +76,9 @@ pub struct Prepared {
 /// Validate `req` against the workspace (422 on bad input).
 pub fn prepare(ws: &Workspace, req: &ExecRequest) -> ApiResult<Prepared> {
     if req.cmd.is_empty() || req.cmd.iter().all(|a| a.trim().is_empty()) {
-        return Err(ApiError::validation("cmd must be a non-empty array of strings"));
+        return Err(ApiError::validation(
+            "cmd must be a non-empty array of strings",
+        ));
     }
     if req.cmd.iter().any(|a| a.contains('\0')) {
         return Err(ApiError::validation("cmd must not contain NUL bytes"));
@@ -181,10 +183,9 @@ pub fn spawn_error(program: &str, err: &io::Error) -> (i32, String) {
             }
         }
         io::ErrorKind::PermissionDenied => (126, format!("permission denied: {program}")),
-        _ if err.raw_os_error() == Some(libc::ENOEXEC) => (
-            126,
-            format!("cannot execute {program}: exec format error"),
-        ),
+        _ if err.raw_os_error() == Some(libc::ENOEXEC) => {
+            (126, format!("cannot execute {program}: exec format error"))
+        }
         _ => (126, format!("failed to start {program}: {err}")),
     }
 }
@@ -519,7 +520,10 @@ mod tests {
     #[test]
     fn mode_selection() {
         // auto: argv unless a single element that is shell syntax
-        assert_eq!(build_argv(&v(&["ls", "-l"]), ExecMode::Auto), v(&["ls", "-l"]));
+        assert_eq!(
+            build_argv(&v(&["ls", "-l"]), ExecMode::Auto),
+            v(&["ls", "-l"])
+        );
         assert_eq!(build_argv(&v(&["ls"]), ExecMode::Auto), v(&["ls"]));
         assert_eq!(
             build_argv(&v(&["ls -l | wc"]), ExecMode::Auto),

@@ -66,8 +66,8 @@ const CODE_EXTENSIONS: &[&str] = &[
     "bash", "zsh", "fish", "lua", "pl", "pm", "r", "sql", "html", "htm", "css", "scss", "sass",
     "less", "vue", "svelte", "astro", "json", "jsonc", "yaml", "yml", "toml", "xml", "md", "mdx",
     "dart", "ex", "exs", "erl", "hrl", "hs", "ml", "mli", "clj", "cljs", "zig", "nim", "tf",
-    "proto", "graphql", "gql", "gradle", "ps1", "bat", "cmake", "mk", "nix", "ini", "cfg",
-    "conf", "vim", "el", "jl", "sol", "wat", "asm", "s",
+    "proto", "graphql", "gql", "gradle", "ps1", "bat", "cmake", "mk", "nix", "ini", "cfg", "conf",
+    "vim", "el", "jl", "sol", "wat", "asm", "s",
 ];
 const CODE_NAMES: &[&str] = &[
     "Dockerfile",
@@ -133,7 +133,7 @@ fn entry(path: PathBuf, md: &Metadata) -> FileEntry {
         },
         path: path_str(&path),
         kind,
-        size: (kind != FileType::Directory).then(|| md.len()),
+        size: (kind != FileType::Directory).then_some(md.len()),
         modified: md.modified().ok().map(system_time_rfc3339),
         children: None,
     }
@@ -164,7 +164,8 @@ pub fn list_dir(dir: &Path, depth_left: usize, budget: &mut usize) -> io::Result
         let mut e = entry(path, &md);
         if e.kind == FileType::Directory && depth_left > 0 {
             // An unreadable subdirectory does not fail the whole listing.
-            e.children = Some(list_dir(Path::new(&e.path), depth_left - 1, budget).unwrap_or_default());
+            e.children =
+                Some(list_dir(Path::new(&e.path), depth_left - 1, budget).unwrap_or_default());
         }
         out.push(e);
     }
@@ -210,7 +211,8 @@ pub async fn list(
             return Err(ApiError::Conflict(format!("not a directory: {raw}")));
         }
         let mut budget = MAX_LIST_ENTRIES;
-        let entries = list_dir(&dir, depth_left, &mut budget).map_err(|e| ApiError::io(&raw, &e))?;
+        let entries =
+            list_dir(&dir, depth_left, &mut budget).map_err(|e| ApiError::io(&raw, &e))?;
         Ok(Json(FileListResponse {
             success: true,
             count: count(&entries),
@@ -289,7 +291,12 @@ fn read_file(raw: String, q: ReadQuery) -> ApiResult<FileReadResponse> {
         }
     }
     let numbers = flag(&q.with_line_numbers);
-    let base64 = match q.encoding.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let base64 = match q
+        .encoding
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("") | Some("utf8") | Some("utf-8") | Some("text") => false,
         Some("base64") => true,
         Some(other) => {
@@ -382,7 +389,10 @@ fn create_dirs(path: &Path, mode: u32, user: Option<&Credentials>) -> io::Result
         missing.push(p.to_path_buf());
         cur = p.parent();
     }
-    fs::DirBuilder::new().recursive(true).mode(mode).create(path)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
     for p in missing.iter().rev() {
         give_to(user, p);
     }
@@ -390,7 +400,12 @@ fn create_dirs(path: &Path, mode: u32, user: Option<&Credentials>) -> io::Result
 }
 
 fn decode_content(req: &FileWriteRequest) -> ApiResult<Vec<u8>> {
-    match req.encoding.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    match req
+        .encoding
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("") | Some("utf8") | Some("utf-8") | Some("text") => {
             Ok(req.content.as_bytes().to_vec())
         }
@@ -410,7 +425,8 @@ fn write_file(req: FileWriteRequest, user: Option<Credentials>) -> ApiResult<Fil
     let mode = req.mode.as_deref().map(parse_mode).transpose()?;
     if req.create_dirs.unwrap_or(false) {
         if let Some(parent) = path.parent() {
-            create_dirs(parent, 0o755, user.as_ref()).map_err(|e| ApiError::io(&path_str(parent), &e))?;
+            create_dirs(parent, 0o755, user.as_ref())
+                .map_err(|e| ApiError::io(&path_str(parent), &e))?;
         }
     }
     let existed = fs::symlink_metadata(&path).is_ok();
@@ -454,7 +470,12 @@ pub async fn mkdir(
     let user = st.ws.user.clone();
     blocking(move || {
         let path = validate_path(&req.path)?;
-        let mode = req.mode.as_deref().map(parse_mode).transpose()?.unwrap_or(0o755);
+        let mode = req
+            .mode
+            .as_deref()
+            .map(parse_mode)
+            .transpose()?
+            .unwrap_or(0o755);
         create_dirs(&path, mode, user.as_ref()).map_err(|e| ApiError::io(&req.path, &e))?;
         Ok(Json(PathResponse {
             success: true,
@@ -470,7 +491,10 @@ pub struct PathQuery {
 }
 
 /// `POST /files/delete` (also `DELETE`): the path from the JSON body or the query.
-pub async fn delete(ApiQuery(q): ApiQuery<PathQuery>, body: Bytes) -> ApiResult<Json<PathResponse>> {
+pub async fn delete(
+    ApiQuery(q): ApiQuery<PathQuery>,
+    body: Bytes,
+) -> ApiResult<Json<PathResponse>> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -513,10 +537,7 @@ pub async fn stat(ApiQuery(q): ApiQuery<PathQuery>) -> ApiResult<Json<FileStatRe
                 .unwrap_or_else(|| "/".into()),
             kind,
             size: md.len(),
-            modified: md
-                .modified()
-                .map(system_time_rfc3339)
-                .unwrap_or_default(),
+            modified: md.modified().map(system_time_rfc3339).unwrap_or_default(),
             permissions: format!("{:04o}", md.mode() & 0o7777),
             is_code: kind == FileType::File && is_code(&path),
             extension: if kind == FileType::Directory {
@@ -604,8 +625,10 @@ pub async fn upload(
     let user = st.ws.user.clone();
     if flag(&q.create_dirs) {
         let (p, u) = (parent.clone(), user.clone());
-        blocking(move || create_dirs(&p, 0o755, u.as_ref()).map_err(|e| ApiError::io(&path_str(&p), &e)))
-            .await?;
+        blocking(move || {
+            create_dirs(&p, 0o755, u.as_ref()).map_err(|e| ApiError::io(&path_str(&p), &e))
+        })
+        .await?;
     }
     let existing = tokio::fs::metadata(&path).await.ok();
     if existing.as_ref().is_some_and(|m| m.is_dir()) {
@@ -632,7 +655,9 @@ pub async fn upload(
         while let Some(chunk) = data.next().await {
             let chunk =
                 chunk.map_err(|e| ApiError::validation(format!("upload body interrupted: {e}")))?;
-            f.write_all(&chunk).await.map_err(|e| ApiError::io(&raw, &e))?;
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| ApiError::io(&raw, &e))?;
             size += chunk.len() as u64;
         }
         f.flush().await.map_err(|e| ApiError::io(&raw, &e))?;
@@ -694,10 +719,19 @@ mod tests {
     #[test]
     fn line_selection() {
         let t = "a\nb\nc\n";
-        assert_eq!(select_lines(t, Some(2), Some(3), false), ("b\nc\n".into(), 2, 3));
-        assert_eq!(select_lines(t, Some(2), None, true).0, "     2\tb\n     3\tc\n");
+        assert_eq!(
+            select_lines(t, Some(2), Some(3), false),
+            ("b\nc\n".into(), 2, 3)
+        );
+        assert_eq!(
+            select_lines(t, Some(2), None, true).0,
+            "     2\tb\n     3\tc\n"
+        );
         assert_eq!(select_lines(t, Some(9), None, false).0, "");
-        assert_eq!(select_lines("x\ny", None, Some(9), false), ("x\ny".into(), 1, 2));
+        assert_eq!(
+            select_lines("x\ny", None, Some(9), false),
+            ("x\ny".into(), 1, 2)
+        );
     }
 
     #[test]

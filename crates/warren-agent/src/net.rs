@@ -100,7 +100,13 @@ impl Sock {
         Ok(Sock(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn ioctl<T>(&self, req: libc::c_ulong, arg: &mut T, op: &'static str, dev: &str) -> Result<(), NetError> {
+    fn ioctl<T>(
+        &self,
+        req: libc::c_ulong,
+        arg: &mut T,
+        op: &'static str,
+        dev: &str,
+    ) -> Result<(), NetError> {
         // SAFETY: `arg` points to a properly sized, initialised struct for `req`.
         let r = unsafe { libc::ioctl(self.0.as_raw_fd(), req as _, arg as *mut T) };
         if r < 0 {
@@ -139,7 +145,8 @@ pub fn find_interface(class_dir: &Path, mac: &str) -> Option<String> {
     let want = mac.trim().to_ascii_lowercase();
     std::fs::read_dir(class_dir).ok()?.flatten().find_map(|de| {
         let a = std::fs::read_to_string(de.path().join("address")).ok()?;
-        (a.trim().to_ascii_lowercase() == want).then(|| de.file_name().to_string_lossy().into_owned())
+        (a.trim().to_ascii_lowercase() == want)
+            .then(|| de.file_name().to_string_lossy().into_owned())
     })
 }
 

@@ -155,7 +155,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(info, ExitInfo { code: 7, signal: None });
+        assert_eq!(
+            info,
+            ExitInfo {
+                code: 7,
+                signal: None
+            }
+        );
 
         let mut c = Command::new("/bin/sh");
         c.args(["-c", "kill -9 $$"]);

@@ -170,7 +170,7 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<Credentials
     if group_part.is_none() {
         if let Some(e) = entry {
             for g in &groups {
-                if g.members.iter().any(|m| *m == e.name) && !supplementary.contains(&g.gid) {
+                if g.members.contains(&e.name) && !supplementary.contains(&g.gid) {
                     supplementary.push(g.gid);
                 }
             }

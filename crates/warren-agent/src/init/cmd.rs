@@ -132,7 +132,9 @@ async fn run(ws: &Workspace, reaper: &Reaper, argv: &[String]) -> i32 {
         let _ = f.flush().await;
     }
     if dropped > 0 {
-        tracing::info!("{dropped} bytes of command output were not echoed to the console (see {CMD_LOG})");
+        tracing::info!(
+            "{dropped} bytes of command output were not echoed to the console (see {CMD_LOG})"
+        );
     }
     match code {
         Some(c) => c,

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
-use warren_protocol::control::{BootConfig, BootTimings, GuestMessage, HostMessage, PROTOCOL_VERSION};
+use warren_protocol::control::{
+    BootConfig, BootTimings, GuestMessage, HostMessage, PROTOCOL_VERSION,
+};
 
 /// How long to wait for devices (the control port, disks, the NIC) to show up.
 const DEVICE_WAIT: Duration = Duration::from_secs(2);
@@ -51,6 +53,14 @@ pub fn idle_forever() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// PID 1 hit a bug it cannot recover from: flush the disks and end the VM rather than
+/// panic the kernel or hang.
+pub fn panic_poweroff() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    idle_forever()
 }
 
 /// One short line per boot step, to the console and later to [`BOOT_LOG`].
@@ -275,7 +285,8 @@ async fn boot(
         Err(e) => tracing::warn!("entropy: {e}"),
     }
 
-    let root = tokio::task::block_in_place(|| mounts::prepare_root(&config.data_disk, DEVICE_WAIT))?;
+    let root =
+        tokio::task::block_in_place(|| mounts::prepare_root(&config.data_disk, DEVICE_WAIT))?;
     log.step(&root.summary);
     *data_fd = root.data;
     tokio::task::block_in_place(|| mounts::switch_root(Path::new(mounts::ROOT_DIR)))?;
@@ -303,7 +314,12 @@ async fn boot(
     }
     timings.network_ms = boottime_ms();
 
-    let user = match config.user.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+    let user = match config
+        .user
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
         Some(spec) => Some(resolve_user_in(spec, Path::new("/"))?),
         None => None,
     };

@@ -46,7 +46,8 @@ pub struct LoadReport {
 
 fn load_one(m: &ModuleSpec) -> Result<bool, String> {
     let file = File::open(&m.path).map_err(|e| format!("{}: {e}", m.path))?;
-    let params = CString::new(m.params.as_str()).map_err(|_| format!("{}: NUL in params", m.path))?;
+    let params =
+        CString::new(m.params.as_str()).map_err(|_| format!("{}: NUL in params", m.path))?;
     let compressed = [".xz", ".zst", ".gz"].iter().any(|s| m.path.ends_with(s));
     let flags = if compressed {
         MODULE_INIT_COMPRESSED_FILE

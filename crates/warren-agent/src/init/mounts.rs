@@ -43,7 +43,10 @@ fn do_mount(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), MountError> {
-    let _ = fs::DirBuilder::new().recursive(true).mode(0o755).create(target);
+    let _ = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(target);
     mount(Some(src), target, Some(fstype), flags, data).map_err(|err| MountError::Mount {
         what: format!("{fstype} ({src})"),
         target: target.to_string(),
@@ -72,7 +75,13 @@ pub fn mount_api_filesystems() -> Vec<String> {
     let table: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
         ("proc", "/proc", "proc", nosuid_nodev_noexec, None),
         ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
         (
             "devpts",
             "/dev/pts",
@@ -176,7 +185,13 @@ pub fn prepare_root(data_disk: &DataDisk, wait: Duration) -> Result<PreparedRoot
             format!("{data_s} (ext4)")
         }
         DataDisk::Tmpfs => {
-            do_mount("tmpfs", DATA_DIR, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+            do_mount(
+                "tmpfs",
+                DATA_DIR,
+                "tmpfs",
+                MsFlags::empty(),
+                Some("mode=0755"),
+            )?;
             "tmpfs".to_string()
         }
     };
@@ -185,7 +200,13 @@ pub fn prepare_root(data_disk: &DataDisk, wait: Duration) -> Result<PreparedRoot
     mkdir(&upper)?;
     mkdir(&work)?;
     let opts = format!("lowerdir={IMAGE_DIR},upperdir={upper},workdir={work}");
-    do_mount("overlay", ROOT_DIR, "overlay", MsFlags::empty(), Some(&opts))?;
+    do_mount(
+        "overlay",
+        ROOT_DIR,
+        "overlay",
+        MsFlags::empty(),
+        Some(&opts),
+    )?;
     let data = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -232,8 +253,17 @@ pub fn switch_root(new_root: &Path) -> Result<(), MountError> {
     }
     for m in ["/dev", "/proc", "/sys", "/run"] {
         let target = new_root.join(&m[1..]);
-        let _ = fs::DirBuilder::new().recursive(true).mode(0o755).create(&target);
-        if let Err(e) = mount(Some(m), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>) {
+        let _ = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&target);
+        if let Err(e) = mount(
+            Some(m),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        ) {
             tracing::warn!("moving {m} into the new root: {e}; detaching it");
             let _ = umount2(m, MntFlags::MNT_DETACH);
         }
@@ -241,6 +271,8 @@ pub fn switch_root(new_root: &Path) -> Result<(), MountError> {
     // Free the initramfs's RAM, but only if / really is one.
     match nix::sys::statfs::statfs("/") {
         Ok(st) => {
+            // f_type is a different integer type on different architectures.
+            #[allow(clippy::unnecessary_cast)]
             let magic = st.filesystem_type().0 as i64;
             if magic == RAMFS_MAGIC || magic == TMPFS_MAGIC {
                 delete_contents(Path::new("/"), root_md.dev());
@@ -267,7 +299,13 @@ pub fn remount_readonly(data: Option<&OwnedFd>) {
     }
     if let Some(fd) = data {
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        if let Err(e) = mount(None::<&str>, path.as_str(), None::<&str>, flags, None::<&str>) {
+        if let Err(e) = mount(
+            None::<&str>,
+            path.as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        ) {
             tracing::warn!("remount the data disk read-only: {e}");
         }
     }
@@ -285,8 +323,14 @@ mod tests {
             fs::write(d.path().join(n).join("serial"), format!("{s}\n")).unwrap();
         }
         fs::create_dir(d.path().join("loop0")).unwrap();
-        assert_eq!(find_disk_in(d.path(), IMAGE_DISK_SERIAL).as_deref(), Some("vda"));
-        assert_eq!(find_disk_in(d.path(), DATA_DISK_SERIAL).as_deref(), Some("vdb"));
+        assert_eq!(
+            find_disk_in(d.path(), IMAGE_DISK_SERIAL).as_deref(),
+            Some("vda")
+        );
+        assert_eq!(
+            find_disk_in(d.path(), DATA_DISK_SERIAL).as_deref(),
+            Some("vdb")
+        );
         assert_eq!(find_disk_in(d.path(), "nope"), None);
     }
 

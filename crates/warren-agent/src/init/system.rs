@@ -10,7 +10,8 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 
 /// Set CLOCK_REALTIME to `unix_ns`.
 pub fn set_clock(unix_ns: u128) -> Result<(), String> {
-    let secs = i64::try_from(unix_ns / 1_000_000_000).map_err(|_| "clock out of range".to_string())?;
+    let secs =
+        i64::try_from(unix_ns / 1_000_000_000).map_err(|_| "clock out of range".to_string())?;
     let nanos = (unix_ns % 1_000_000_000) as i64;
     let ts = nix::sys::time::TimeSpec::new(secs, nanos);
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
@@ -20,7 +21,7 @@ pub fn set_clock(unix_ns: u128) -> Result<(), String> {
 /// Decode hex (case-insensitive, whitespace ignored).
 pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if digits.len() % 2 == 1 {
         return Err("odd number of hex digits".into());
     }
     digits

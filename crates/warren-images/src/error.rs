@@ -58,7 +58,11 @@ pub enum ImageError {
     Build { what: String, reason: String },
 
     /// A filesystem operation failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error(
+        "cannot {action} {}: {source} (check that it exists, that this user may write there, \
+         and that the file system has free space)",
+        path.display()
+    )]
     Io {
         action: &'static str,
         path: PathBuf,

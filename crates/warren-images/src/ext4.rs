@@ -90,7 +90,7 @@ pub(crate) fn make_ext4(
         ));
         let _ = fs::remove_file(out);
         let f = fs::File::create(out).ctx("create", out)?;
-        f.set_len(size).ctx("size", out)?;
+        f.set_len(size).ctx("resize", out)?;
         drop(f);
         let output = Command::new("mkfs.ext4")
             .args([

@@ -159,6 +159,21 @@ pub(crate) fn parse(s: &str, catalog: &[CatalogEntry]) -> Result<Reference, Imag
             }),
         };
     }
+    // A relative path that exists and looks like an image file or layout directory
+    // (`img.tar`, `out/layout`) is meant locally, not on Docker Hub.
+    let local = PathBuf::from(s);
+    if s.ends_with(".tar") && local.is_file() {
+        return Ok(Reference::Archive {
+            path: local,
+            tag: None,
+        });
+    }
+    if s.contains('/') && local.join("oci-layout").is_file() {
+        return Ok(Reference::OciLayout {
+            path: local,
+            tag: None,
+        });
+    }
     match parse_registry(s) {
         Some(r) => Ok(Reference::Registry(r)),
         None => Err(unknown(s, catalog, "")),
@@ -369,6 +384,38 @@ mod tests {
         ] {
             assert!(parse_registry(bad).is_none(), "{bad} should not parse");
         }
+    }
+
+    #[test]
+    fn catalog_names_win() {
+        let cat = crate::catalog::builtin();
+        assert!(matches!(
+            parse("python:3.11", &cat),
+            Ok(Reference::Catalog(_))
+        ));
+        assert!(matches!(
+            parse("debian-12", &cat),
+            Ok(Reference::Catalog(_))
+        ));
+        assert!(matches!(parse("alpine", &cat), Ok(Reference::Registry(_))));
+        assert!(matches!(
+            parse("registry:localhost:5000/x:1", &cat),
+            Ok(Reference::Registry(ref r)) if r.domain == "localhost:5000"
+        ));
+        assert!(matches!(
+            parse("oci:/tmp/layout:v2", &cat),
+            Ok(Reference::OciLayout { ref tag, .. }) if tag.as_deref() == Some("v2")
+        ));
+        let d = format!("sha256:{}", "0".repeat(64));
+        assert!(matches!(parse(&d, &cat), Ok(Reference::Digest(_))));
+        assert!(matches!(
+            parse("sha256:xyz", &cat),
+            Err(ImageError::UnknownImage { .. })
+        ));
+        assert!(matches!(
+            parse("No Such Thing", &cat),
+            Err(ImageError::UnknownImage { .. })
+        ));
     }
 
     #[test]

@@ -864,6 +864,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resolve_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<ImageStore>();
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = ImageStore::new(ImageStoreConfig::new(dir.path())).expect("store");
+        let fut = store.resolve("busybox", &crate::NoProgress);
+        assert_send(&fut);
+    }
+
+    #[test]
     fn ref_names_are_flat() {
         assert_eq!(
             ref_file_name("docker.io/library/alpine:3.19"),

@@ -558,6 +558,25 @@ pub async fn stat(ApiQuery(q): ApiQuery<PathQuery>) -> ApiResult<Json<FileStatRe
 
 // ---------------------------------------------------------------- raw bytes
 
+/// Whether `st_size` is the number of bytes a read returns: not for pseudo files in
+/// procfs/sysfs (0 or 4096 whatever their contents) nor for devices and pipes.
+fn has_reliable_size(file: &tokio::fs::File, md: &Metadata) -> bool {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    if !md.is_file() {
+        return false;
+    }
+    match nix::sys::statfs::fstatfs(file) {
+        Ok(st) => {
+            // f_type is a different integer type on different architectures.
+            #[allow(clippy::unnecessary_cast)]
+            let magic = st.filesystem_type().0 as i64;
+            magic != PROC_SUPER_MAGIC && magic != SYSFS_MAGIC
+        }
+        Err(_) => false,
+    }
+}
+
 pub async fn download(ApiQuery(q): ApiQuery<PathQuery>) -> ApiResult<Response> {
     let raw = q.path.unwrap_or_default();
     let path = validate_path(&raw)?;
@@ -568,6 +587,7 @@ pub async fn download(ApiQuery(q): ApiQuery<PathQuery>) -> ApiResult<Response> {
     if md.is_dir() {
         return Err(ApiError::Conflict(format!("is a directory: {raw}")));
     }
+    let sized = has_reliable_size(&file, &md);
     let stream = futures_util::stream::unfold(Some(file), |state| async move {
         let mut file = state?;
         let mut buf = BytesMut::with_capacity(crate::exec::CHUNK);
@@ -587,7 +607,9 @@ pub async fn download(ApiQuery(q): ApiQuery<PathQuery>) -> ApiResult<Response> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(md.len()));
+    if sized {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(md.len()));
+    }
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }

@@ -165,6 +165,31 @@ async fn exec_collects_output_exit_code_env_cwd_and_stdin() {
     assert_eq!(t["status"], "failed");
     assert_eq!(t["exit_code"], 127);
 
+    // Children get SIGPIPE back at its default: `yes` dies quietly when `head` exits.
+    let (_, t) = a
+        .post("/exec", json!({"cmd": ["sh", "-c", "yes | head -n 1"]}))
+        .await;
+    assert_eq!(
+        (t["stdout"].as_str(), t["stderr"].as_str()),
+        (Some("y\n"), Some(""))
+    );
+
+    // A background child holding the pipes open does not hold the answer hostage.
+    let start = Instant::now();
+    let (_, t) = a
+        .post(
+            "/exec",
+            json!({"cmd": ["sh", "-c", "sleep 30 & echo started"]}),
+        )
+        .await;
+    assert_eq!(t["stdout"], "started\n");
+    assert_eq!(t["exit_code"], 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+
     // Non-UTF-8 output is converted lossily.
     let (_, t) = a.post("/exec", json!({"cmd": ["printf", "a\\377b"]})).await;
     assert_eq!(t["stdout"], "a\u{fffd}b");
@@ -663,6 +688,23 @@ async fn binary_upload_download_round_trip() {
         .unwrap()
         .to_bytes();
     assert!(got == data, "downloaded bytes differ");
+
+    // Pseudo files have no reliable size: streamed without Content-Length, not cut off.
+    let resp = a
+        .send(
+            Method::GET,
+            "/files/download?path=/proc/self/status",
+            Some(TOKEN),
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("content-length").is_none());
+    let got = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&got).contains("Pid:"));
 
     // Upload without create_dirs into a missing directory, and download errors.
     let (s, body) = a

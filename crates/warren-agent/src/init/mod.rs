@@ -335,7 +335,12 @@ async fn boot(
             }
         }
     }
-    let workspace = Workspace::new(config.env.clone(), workdir, user);
+    let mut env = config.env.clone();
+    if !config.hostname.is_empty() {
+        env.entry("HOSTNAME".into())
+            .or_insert_with(|| config.hostname.clone());
+    }
+    let workspace = Workspace::new(env, workdir, user);
 
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.api_port));
     let listener = tokio::net::TcpListener::bind(addr)

@@ -1,6 +1,8 @@
 //! `warren`: runs workspaces (standalone or as a server) and is a client of the server.
 
+mod client;
 mod run;
+mod server;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -8,7 +10,11 @@ use warren_node::NodeConfig;
 use warren_vmm::AccelChoice;
 
 #[derive(Parser)]
-#[command(name = "warren", version, about = "Self-hostable cloud workspaces on microVMs")]
+#[command(
+    name = "warren",
+    version,
+    about = "Self-hostable cloud workspaces on microVMs"
+)]
 struct Cli {
     /// Log more (repeat for more detail). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -84,6 +90,30 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Run the server: REST API, node agent and data-plane gateway.
+    Server(server::ServerArgs),
+    /// Manage workspaces on a server.
+    Workspace {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: client::WorkspaceCmd,
+    },
+    /// Run a command in a workspace on a server (same as `workspace exec`).
+    Exec {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(flatten)]
+        args: client::ExecArgs,
+    },
+    /// Files in a workspace on a server (same as `workspace files`).
+    #[command(subcommand_value_name = "ACTION")]
+    Files {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: client::FilesCmd,
+    },
 }
 
 fn main() {
@@ -100,7 +130,10 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warren: cannot start the async runtime: {e}");
@@ -111,6 +144,10 @@ fn main() {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::ImageBuild { reference, node } => run::image_build(&reference, &node).await,
+            Command::Server(args) => server::server(args).await,
+            Command::Workspace { conn, cmd } => client::workspace(&conn, cmd).await,
+            Command::Exec { conn, args } => client::exec(&conn, args).await,
+            Command::Files { conn, cmd } => client::files(&conn, cmd).await,
         }
     });
     match code {

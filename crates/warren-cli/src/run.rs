@@ -52,7 +52,12 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let config = args.node.config();
     let node = Node::new(config).context("cannot set up this host to run workspaces")?;
-    warren_node::reconcile::reconcile(&node.config.data_dir, node.pool(), &|_| false);
+    warren_node::reconcile::reconcile(
+        &node.config.data_dir,
+        node.pool(),
+        warren_node::reconcile::Scope::Temporary,
+        &|_| false,
+    );
     let spec = WorkspaceSpec {
         image: args.image.clone(),
         cpus: args.cpus,

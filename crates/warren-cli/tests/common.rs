@@ -14,9 +14,7 @@ pub fn repo_root() -> PathBuf {
 pub fn agent() -> PathBuf {
     let p = std::env::var_os("WARREN_AGENT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            repo_root().join("target/x86_64-unknown-linux-gnu/agent/warren-agent")
-        });
+        .unwrap_or_else(|| repo_root().join("target/x86_64-unknown-linux-gnu/agent/warren-agent"));
     assert!(
         p.is_file(),
         "guest agent not found at {}: run scripts/build.sh first (or set WARREN_AGENT)",
@@ -57,7 +55,11 @@ pub fn assert_nothing_left(data_dir: &Path, ids: &[String]) {
     let left: Vec<_> = std::fs::read_dir(&ws)
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "run directories left in {}: {left:?}", ws.display());
+    assert!(
+        left.is_empty(),
+        "run directories left in {}: {left:?}",
+        ws.display()
+    );
     let marker = ws.to_string_lossy().to_string();
     for e in std::fs::read_dir("/proc").expect("proc").flatten() {
         if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
@@ -70,7 +72,10 @@ pub fn assert_nothing_left(data_dir: &Path, ids: &[String]) {
         }
     }
     let leases = Path::new("/run/warren/net/leases");
-    for e in std::fs::read_dir(leases).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+    for e in std::fs::read_dir(leases)
+        .map(|r| r.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
         let body = std::fs::read_to_string(e.path()).unwrap_or_default();
         for id in ids {
             assert!(!body.contains(id.as_str()), "lease left for {id}: {body}");
@@ -150,6 +155,10 @@ pub fn write_oci_layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Valu
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mn,
                        "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
     });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("index");
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index"),
+    )
+    .expect("index");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
 }

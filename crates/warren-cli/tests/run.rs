@@ -8,7 +8,15 @@ use std::time::{Duration, Instant};
 
 fn run(data: &std::path::Path, image: &str, extra: &[&str], cmd: &[&str]) -> std::process::Output {
     let mut c = warren(data);
-    c.args(["run", "--image", image, "--memory-mb", "256", "--disk-mb", "128"]);
+    c.args([
+        "run",
+        "--image",
+        image,
+        "--memory-mb",
+        "256",
+        "--disk-mb",
+        "128",
+    ]);
     c.args(extra).arg("--").args(cmd);
     c.output().expect("run warren")
 }
@@ -22,7 +30,12 @@ fn stdout_stderr_and_exit_code() {
         &[],
         &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"],
     );
-    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr\n"));
     assert_nothing_left(data.path(), &[]);
@@ -34,14 +47,28 @@ fn env_and_cwd_reach_the_command() {
     let out = run(
         data.path(),
         "busybox",
-        &["--env", "GREETING=hello world", "-e", "EMPTY=", "--cwd", "/tmp"],
+        &[
+            "--env",
+            "GREETING=hello world",
+            "-e",
+            "EMPTY=",
+            "--cwd",
+            "/tmp",
+        ],
         &["sh", "-c", "echo \"$GREETING|$EMPTY|$(pwd)|$(hostname)\""],
     );
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8_lossy(&out.stdout);
     let parts: Vec<&str> = s.trim().split('|').collect();
     assert_eq!(parts[..3], ["hello world", "", "/tmp"], "{s}");
-    assert!(parts[3].starts_with("ws-"), "hostname is the workspace id: {s}");
+    assert!(
+        parts[3].starts_with("ws-"),
+        "hostname is the workspace id: {s}"
+    );
 }
 
 #[test]
@@ -58,7 +85,11 @@ fn ten_megabytes_of_output_arrive_intact() {
             "head -c 10485760 /dev/urandom > /tmp/blob && cat /tmp/blob && sha256sum /tmp/blob >&2",
         ],
     );
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), 10 << 20);
     let guest_sum = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -91,7 +122,16 @@ fn guest_poweroff_is_noticed_and_cleaned_up() {
 fn a_killed_vmm_is_noticed_and_cleaned_up() {
     let data = tempfile::tempdir().unwrap();
     let mut child = warren(data.path())
-        .args(["run", "--image", "busybox", "--memory-mb", "256", "--disk-mb", "128", "--"])
+        .args([
+            "run",
+            "--image",
+            "busybox",
+            "--memory-mb",
+            "256",
+            "--disk-mb",
+            "128",
+            "--",
+        ])
         .args(["sh", "-c", "echo started; sleep 600"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -104,7 +144,10 @@ fn a_killed_vmm_is_noticed_and_cleaned_up() {
     assert_eq!(&first, b"started\n");
     let pid = vmm_pids(data.path());
     assert_eq!(pid.len(), 1, "one VMM for this test: {pid:?}");
-    Command::new("kill").args(["-9", &pid[0].to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid[0].to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("VM ended"));
@@ -115,7 +158,16 @@ fn a_killed_vmm_is_noticed_and_cleaned_up() {
 fn a_killed_warren_run_leaves_nothing_after_reconcile() {
     let data = tempfile::tempdir().unwrap();
     let mut child = warren(data.path())
-        .args(["run", "--image", "busybox", "--memory-mb", "256", "--disk-mb", "128", "--"])
+        .args([
+            "run",
+            "--image",
+            "busybox",
+            "--memory-mb",
+            "256",
+            "--disk-mb",
+            "128",
+            "--",
+        ])
         .args(["sh", "-c", "echo started; sleep 600"])
         .stdout(Stdio::piped())
         .spawn()
@@ -134,7 +186,11 @@ fn a_killed_warren_run_leaves_nothing_after_reconcile() {
     // The next start reconciles what the dead owner left (run dir, lease, tap).
     assert!(data.path().join("workspaces").read_dir().unwrap().count() > 0);
     let out = run(data.path(), "busybox", &[], &["true"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_nothing_left(data.path(), &[]);
 }
 
@@ -142,13 +198,25 @@ fn a_killed_warren_run_leaves_nothing_after_reconcile() {
 fn bad_input_is_refused_before_anything_is_allocated() {
     let data = tempfile::tempdir().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["--image", "no-such-image-anywhere!"], "no-such-image-anywhere!"),
+        (
+            &["--image", "no-such-image-anywhere!"],
+            "no-such-image-anywhere!",
+        ),
         (&["--image", "busybox", "--cpus", "0"], "cpus"),
         (&["--image", "busybox", "--cpus", "1000"], "cpus"),
         (&["--image", "busybox", "--memory-mb", "16"], "memory_mb"),
-        (&["--image", "busybox", "--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux"),
-        (&["--image", "busybox", "--qemu", "/nonexistent/qemu"], "qemu-system-x86"),
-        (&["--image", "busybox", "--agent", "/nonexistent/agent"], "agent"),
+        (
+            &["--image", "busybox", "--kernel", "/nonexistent/vmlinux"],
+            "/nonexistent/vmlinux",
+        ),
+        (
+            &["--image", "busybox", "--qemu", "/nonexistent/qemu"],
+            "qemu-system-x86",
+        ),
+        (
+            &["--image", "busybox", "--agent", "/nonexistent/agent"],
+            "agent",
+        ),
     ];
     for (args, needle) in cases {
         let out = warren(data.path())
@@ -159,7 +227,10 @@ fn bad_input_is_refused_before_anything_is_allocated() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(err.contains(needle), "{args:?}: error does not name {needle:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: error does not name {needle:?}: {err}"
+        );
         assert_nothing_left(data.path(), &[]);
     }
 }
@@ -207,15 +278,31 @@ fn oci_whiteout_removes_the_file() {
         &[],
         &["sh", "-c", "ls; echo $FROM_IMAGE; cat kept.txt"],
     );
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "added.txt\nkept.txt\nyes\nkept");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "added.txt\nkept.txt\nyes\nkept"
+    );
 }
 
 #[test]
 fn debian_12_boots() {
     let data = tempfile::tempdir().unwrap();
-    let out = run(data.path(), "debian-12", &[], &["cat", "/etc/debian_version"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        data.path(),
+        "debian-12",
+        &[],
+        &["cat", "/etc/debian_version"],
+    );
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("12."));
 }
 

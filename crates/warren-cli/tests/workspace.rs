@@ -30,7 +30,10 @@ fn sh(cmd: &str) -> ExecRequest {
 async fn binary_files_round_trip_byte_for_byte() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::new(node_config(data.path())).unwrap();
-    let ws = node.create(&spec(), &warren_images::NoProgress).await.unwrap();
+    let ws = node
+        .create(&spec(), &warren_images::NoProgress)
+        .await
+        .unwrap();
     let rt = RuntimeClient::new(&ws.api_url(), &ws.api_token).unwrap();
 
     // Every byte value, then pseudo-random bytes: 1 MiB + 3.
@@ -45,10 +48,18 @@ async fn binary_files_round_trip_byte_for_byte() {
     assert_eq!(rt.download("/root/dir/blob.bin").await.unwrap(), blob);
     // The guest sees the same bytes.
     let sum = rt.exec(&sh("sha256sum /root/dir/blob.bin")).await.unwrap();
-    assert!(sum.stdout.unwrap_or_default().starts_with(&sha256_hex(&blob)));
+    assert!(sum
+        .stdout
+        .unwrap_or_default()
+        .starts_with(&sha256_hex(&blob)));
     // And a file the guest wrote comes back intact.
-    rt.exec(&sh("printf '\\000\\001\\377tail' > /root/g.bin")).await.unwrap();
-    assert_eq!(rt.download("/root/g.bin").await.unwrap(), b"\x00\x01\xfftail");
+    rt.exec(&sh("printf '\\000\\001\\377tail' > /root/g.bin"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.download("/root/g.bin").await.unwrap(),
+        b"\x00\x01\xfftail"
+    );
 
     let id = ws.id.clone();
     node.destroy(ws, Duration::ZERO).await.unwrap();
@@ -59,9 +70,10 @@ async fn binary_files_round_trip_byte_for_byte() {
 async fn two_workspaces_cannot_see_each_others_files() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::new(node_config(data.path())).unwrap();
+    let s = spec();
     let (a, b) = tokio::join!(
-        node.create(&spec(), &warren_images::NoProgress),
-        node.create(&spec(), &warren_images::NoProgress)
+        node.create(&s, &warren_images::NoProgress),
+        node.create(&s, &warren_images::NoProgress)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_ne!(a.guest_ip, b.guest_ip);
@@ -76,7 +88,10 @@ async fn two_workspaces_cannot_see_each_others_files() {
     })
     .await
     .unwrap();
-    assert_eq!(ra.read("/root/secret.txt").await.unwrap().content, "only in A");
+    assert_eq!(
+        ra.read("/root/secret.txt").await.unwrap().content,
+        "only in A"
+    );
     let err = rb.read("/root/secret.txt").await.unwrap_err();
     assert!(err.to_string().contains("not_found"), "{err}");
     let ls = rb.exec(&sh("ls /root")).await.unwrap();

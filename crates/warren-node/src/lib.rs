@@ -36,8 +36,8 @@ pub enum NodeError {
     Disk(String),
     #[error("the workspace's agent did not become ready: {0}")]
     Boot(String),
-    #[error("the workspace's agent did not become ready within {0:?}; the boot log is at {1}")]
-    BootTimeout(std::time::Duration, std::path::PathBuf),
+    #[error("the workspace's agent did not become ready within {0:?}; boot log: {1}")]
+    BootTimeout(std::time::Duration, String),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -25,6 +25,9 @@ pub struct LeaseRecord {
     pub workspace_id: String,
     pub owner_pid: u32,
     pub tap: String,
+    /// Held across stops by a permanent workspace; only its server releases it.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,34 +102,41 @@ impl NetPool {
         self.dir.join(format!("{index}.json"))
     }
 
-    /// Lease the first free /30 for `workspace_id` and create its tap.
-    pub fn allocate(&self, workspace_id: &str) -> Result<Lease> {
+    /// Reserve a /30 for `workspace_id`: `preferred` if it is free (a permanent
+    /// workspace keeps its address across stop/start), else the first free one.
+    /// The tap is created separately, while the VM runs.
+    pub fn reserve(
+        &self,
+        workspace_id: &str,
+        preferred: Option<u32>,
+        persistent: bool,
+    ) -> Result<Lease> {
+        if let Some(p) = preferred.filter(|p| *p > 0 && *p < self.blocks) {
+            if let Some(existing) = self.read(p) {
+                if existing.workspace_id == workspace_id {
+                    // Ours already (a restart): take it over.
+                    let record = LeaseRecord {
+                        owner_pid: std::process::id(),
+                        persistent,
+                        ..existing
+                    };
+                    self.write(&record)?;
+                    return Ok(self.lease_for(record));
+                }
+            } else if let Some(l) = self.try_create(workspace_id, p, persistent)? {
+                return Ok(l);
+            }
+            tracing::warn!(
+                workspace_id,
+                index = p,
+                "previous address taken; leasing another"
+            );
+        }
         // Block 0 would make the host end the network's first address; skip it so the
         // pool's .1 stays free for a gateway the operator may want.
         for index in 1..self.blocks {
-            let record = LeaseRecord {
-                index,
-                workspace_id: workspace_id.to_string(),
-                owner_pid: std::process::id(),
-                tap: format!("wt{index}"),
-            };
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(self.path(index))
-            {
-                Ok(mut f) => {
-                    let body = serde_json::to_vec(&record).unwrap_or_default();
-                    f.write_all(&body).map_err(io_err("write lease"))?;
-                    let lease = self.lease_for(record);
-                    if let Err(e) = create_tap(&lease) {
-                        let _ = std::fs::remove_file(self.path(index));
-                        return Err(e);
-                    }
-                    return Ok(lease);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err("create lease")(e)),
+            if let Some(l) = self.try_create(workspace_id, index, persistent)? {
+                return Ok(l);
             }
         }
         Err(NodeError::AddressesExhausted(format!(
@@ -134,6 +144,82 @@ impl NetPool {
             Ipv4Addr::from(self.base),
             30 - self.blocks.trailing_zeros()
         )))
+    }
+
+    /// Reserve an address and create its tap.
+    pub fn allocate(
+        &self,
+        workspace_id: &str,
+        preferred: Option<u32>,
+        persistent: bool,
+    ) -> Result<Lease> {
+        let lease = self.reserve(workspace_id, preferred, persistent)?;
+        if let Err(e) = create_tap(&lease) {
+            self.release(&lease.record);
+            return Err(e);
+        }
+        Ok(lease)
+    }
+
+    fn try_create(
+        &self,
+        workspace_id: &str,
+        index: u32,
+        persistent: bool,
+    ) -> Result<Option<Lease>> {
+        let record = LeaseRecord {
+            index,
+            workspace_id: workspace_id.to_string(),
+            owner_pid: std::process::id(),
+            tap: format!("wt{index}"),
+            persistent,
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.path(index))
+        {
+            Ok(mut f) => {
+                let body = serde_json::to_vec(&record).unwrap_or_default();
+                f.write_all(&body).map_err(io_err("write lease"))?;
+                Ok(Some(self.lease_for(record)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(io_err("create lease")(e)),
+        }
+    }
+
+    fn read(&self, index: u32) -> Option<LeaseRecord> {
+        std::fs::read(self.path(index))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    fn write(&self, record: &LeaseRecord) -> Result<()> {
+        let tmp = self.dir.join(format!(".{}.tmp", record.index));
+        std::fs::write(&tmp, serde_json::to_vec(record).unwrap_or_default())
+            .map_err(io_err("write lease"))?;
+        std::fs::rename(&tmp, self.path(record.index)).map_err(io_err("write lease"))
+    }
+
+    /// The lease `workspace_id` holds at `index`, if it does.
+    pub fn held(&self, workspace_id: &str, index: u32) -> Option<Lease> {
+        self.read(index)
+            .filter(|r| r.workspace_id == workspace_id)
+            .map(|r| self.lease_for(r))
+    }
+
+    /// Make this process the owner of a lease (after adopting a running workspace).
+    pub fn claim(&self, record: &LeaseRecord) -> Result<()> {
+        self.write(&LeaseRecord {
+            owner_pid: std::process::id(),
+            ..record.clone()
+        })
+    }
+
+    /// Create the lease's tap (replacing a stale one of the same name).
+    pub fn create_tap(&self, lease: &Lease) -> Result<()> {
+        create_tap(lease)
     }
 
     /// Remove the tap and the lease.
@@ -148,7 +234,9 @@ impl NetPool {
             return Vec::new();
         };
         rd.filter_map(|e| e.ok())
-            .filter_map(|e| std::fs::read(e.path()).ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| std::fs::read(p).ok())
             .filter_map(|b| serde_json::from_slice(&b).ok())
             .collect()
     }
@@ -213,6 +301,7 @@ mod tests {
             workspace_id: "ws".into(),
             owner_pid: 1,
             tap: "wt3".into(),
+            persistent: false,
         });
         assert_eq!(l.host_ip, "10.88.0.13".parse::<Ipv4Addr>().unwrap());
         assert_eq!(l.guest_ip, "10.88.0.14".parse::<Ipv4Addr>().unwrap());

@@ -17,10 +17,25 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// Who is reconciling.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Scope {
+    /// A standalone `warren run`: only temporary workspaces are its business; permanent
+    /// ones belong to a server, even one that is down right now.
+    Temporary,
+    /// A server, which knows (through `keep`) every workspace it wants kept.
+    All,
+}
+
 /// Remove workspaces under `data_dir` whose owner process is gone, unless `keep`
 /// says the caller (a server that adopts its workspaces) still wants them, and
 /// release host-wide leases whose owner is gone.
-pub fn reconcile(data_dir: &Path, pool: &NetPool, keep: &dyn Fn(&str) -> bool) -> Reconciled {
+pub fn reconcile(
+    data_dir: &Path,
+    pool: &NetPool,
+    scope: Scope,
+    keep: &dyn Fn(&str) -> bool,
+) -> Reconciled {
     let mut out = Reconciled::default();
     let ws_dir = data_dir.join("workspaces");
     if let Ok(rd) = std::fs::read_dir(&ws_dir) {
@@ -30,6 +45,13 @@ pub fn reconcile(data_dir: &Path, pool: &NetPool, keep: &dyn Fn(&str) -> bool) -
             let owner: Option<OwnerRecord> = std::fs::read(dir.join(OWNER_FILE))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+            let persistent = std::fs::read(dir.join(crate::workspace::RECORD_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<crate::workspace::WorkspaceRecord>(&b).ok())
+                .is_some_and(|r| r.persistent);
+            if persistent && scope == Scope::Temporary {
+                continue;
+            }
             let orphan = match &owner {
                 Some(o) => !pid_alive(o.owner_pid) && !keep(&o.workspace_id),
                 None => !keep(&name),
@@ -50,6 +72,9 @@ pub fn reconcile(data_dir: &Path, pool: &NetPool, keep: &dyn Fn(&str) -> bool) -
         }
     }
     for l in pool.leases() {
+        if l.persistent && scope == Scope::Temporary {
+            continue;
+        }
         if !pid_alive(l.owner_pid) && !keep(&l.workspace_id) {
             pool.release(&l);
             out.leases_released.push(l.workspace_id);
@@ -60,7 +85,9 @@ pub fn reconcile(data_dir: &Path, pool: &NetPool, keep: &dyn Fn(&str) -> bool) -
     if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            let ours = n.strip_prefix("wt").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            let ours = n
+                .strip_prefix("wt")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
             if ours && !leased.contains(&n) {
                 crate::net::delete_tap(&n);
                 out.leases_released.push(n);
@@ -100,10 +127,8 @@ pub fn reconcile(data_dir: &Path, pool: &NetPool, keep: &dyn Fn(&str) -> bool) -
 
 /// Is `pid` a VMM started for workspace `id` (not an unrelated process that reused the
 /// pid)?
-fn is_our_vmm(pid: u32, id: &str) -> bool {
+pub fn is_our_vmm(pid: u32, id: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            String::from_utf8_lossy(&c).contains(&format!("warren-{id},"))
-        })
+        .map(|c| String::from_utf8_lossy(&c).contains(&format!("warren-{id},")))
         .unwrap_or(false)
 }

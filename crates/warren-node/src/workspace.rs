@@ -14,8 +14,8 @@ use tracing::Instrument;
 use warren_guest::{GuestAssets, GuestKernel};
 use warren_images::{Image, ImageStore, ImageStoreConfig, Progress};
 use warren_protocol::control::{
-    BootConfig, BootTimings, DataDisk, GuestMessage, HostMessage, NetworkConfig,
-    DATA_DISK_SERIAL, IMAGE_DISK_SERIAL,
+    BootConfig, BootTimings, DataDisk, GuestMessage, HostMessage, NetworkConfig, DATA_DISK_SERIAL,
+    IMAGE_DISK_SERIAL,
 };
 use warren_protocol::runtime::API_PORT;
 use warren_vmm::{qemu::QemuVmm, Accel, DiskSpec, NetSpec, Vm, VmSpec, Vmm};
@@ -32,6 +32,9 @@ pub struct WorkspaceSpec {
     pub env: Vec<(String, String)>,
     /// Run at boot; `None`: nothing (the workspace waits for exec).
     pub cmd: Option<Vec<String>>,
+    /// Keep the disk and the address when the VM stops (permanent workspaces);
+    /// `false`: the workspace is meant to be destroyed when it stops.
+    pub persistent: bool,
     /// Kill the VM when this process dies (standalone `warren run`).
     pub die_with_owner: bool,
 }
@@ -46,6 +49,7 @@ impl Default for WorkspaceSpec {
             disk_size_mb: 1024,
             env: Vec::new(),
             cmd: None,
+            persistent: false,
             die_with_owner: false,
         }
     }
@@ -80,6 +84,38 @@ pub struct OwnerRecord {
 }
 
 pub const OWNER_FILE: &str = "owner.json";
+/// What starting or adopting the workspace again needs (mode 0600: holds its token).
+pub const RECORD_FILE: &str = "workspace.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    pub id: String,
+    pub lease_index: u32,
+    pub api_token: String,
+    pub persistent: bool,
+}
+
+fn read_record(dir: &std::path::Path) -> Option<WorkspaceRecord> {
+    std::fs::read(dir.join(RECORD_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn write_record(dir: &std::path::Path, rec: &WorkspaceRecord) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(".workspace.json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("write workspace record"))?;
+    std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(rec).unwrap_or_default())
+        .map_err(io_err("write workspace record"))?;
+    f.sync_all().map_err(io_err("sync workspace record"))?;
+    std::fs::rename(&tmp, dir.join(RECORD_FILE)).map_err(io_err("write workspace record"))
+}
 
 pub struct RunningWorkspace {
     pub id: String,
@@ -162,7 +198,10 @@ impl Node {
         let c = &self.config;
         let bad = |field, reason: String| Err(NodeError::Invalid { field, reason });
         if spec.cpus == 0 || spec.cpus > c.max_cpus {
-            return bad("cpus", format!("{} is out of range 1-{}", spec.cpus, c.max_cpus));
+            return bad(
+                "cpus",
+                format!("{} is out of range 1-{}", spec.cpus, c.max_cpus),
+            );
         }
         if spec.memory_mb < 128 || spec.memory_mb > c.max_memory_mb {
             return bad(
@@ -201,7 +240,7 @@ impl Node {
             .await
     }
 
-    /// Boot a workspace and wait until its agent serves the runtime API.
+    /// Boot a new workspace and wait until its agent serves the runtime API.
     /// On failure everything allocated so far is released.
     pub async fn create(
         &self,
@@ -211,14 +250,41 @@ impl Node {
         self.validate(spec)?;
         let id = spec.id.clone().unwrap_or_else(new_workspace_id);
         let span = tracing::info_span!("workspace", workspace_id = %id);
-        self.create_inner(id, spec, progress).instrument(span).await
+        self.boot(id, spec, progress, true).instrument(span).await
     }
 
-    async fn create_inner(
+    /// Boot a workspace that exists on this node (stopped, or left by a crash) with its
+    /// disk and, if it is still free, its address. A workspace unknown here is created.
+    pub async fn start(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: &dyn Progress,
+    ) -> Result<RunningWorkspace> {
+        self.validate(spec)?;
+        let id = spec.id.clone().ok_or(NodeError::Invalid {
+            field: "id",
+            reason: "start needs the workspace id".into(),
+        })?;
+        let fresh = !self.workspace_dir(&id).join("data.ext4").exists();
+        let span = tracing::info_span!("workspace", workspace_id = %id);
+        self.boot(id, spec, progress, fresh).instrument(span).await
+    }
+
+    pub fn workspace_dir(&self, id: &str) -> PathBuf {
+        self.config.data_dir.join("workspaces").join(id)
+    }
+
+    /// Does this node hold a disk for `id`?
+    pub fn exists(&self, id: &str) -> bool {
+        self.workspace_dir(id).join("data.ext4").exists()
+    }
+
+    async fn boot(
         &self,
         id: String,
         spec: &WorkspaceSpec,
         progress: &dyn Progress,
+        fresh: bool,
     ) -> Result<RunningWorkspace> {
         let t0 = Instant::now();
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
@@ -228,68 +294,54 @@ impl Node {
         let assets = self.guest_assets().await?.clone();
         let guest_assets_ms = ms(t);
 
-        let run_dir = self.config.data_dir.join("workspaces").join(&id);
-        if run_dir.exists() {
+        let run_dir = self.workspace_dir(&id);
+        if fresh && run_dir.exists() {
             return Err(NodeError::Invalid {
                 field: "id",
                 reason: format!("a workspace named {id} already exists on this node"),
             });
         }
+        let previous = if fresh { None } else { read_record(&run_dir) };
         let mut cleanup = Cleanup {
             pool: &self.pool,
-            run_dir: Some(run_dir.clone()),
+            run_dir: fresh.then(|| run_dir.clone()),
             lease: None,
+            tap: None,
         };
         std::fs::create_dir_all(&run_dir)
             .map_err(io_err(format!("create {}", run_dir.display())))?;
 
         let t = Instant::now();
         let data_disk = run_dir.join("data.ext4");
-        disk::create_data_disk(&data_disk, spec.disk_size_mb)?;
+        if fresh {
+            disk::create_data_disk(&data_disk, spec.disk_size_mb)?;
+        }
         let disk_ms = ms(t);
 
         let t = Instant::now();
-        let lease = self.pool.allocate(&id)?;
-        cleanup.lease = Some(lease.record.clone());
+        let lease = self.pool.reserve(
+            &id,
+            previous.as_ref().map(|r| r.lease_index),
+            spec.persistent,
+        )?;
+        if fresh || !spec.persistent {
+            cleanup.lease = Some(lease.record.clone());
+        }
+        self.pool.create_tap(&lease)?;
+        cleanup.tap = Some(lease.record.tap.clone());
         let network_ms = ms(t);
+        let record = WorkspaceRecord {
+            id: id.clone(),
+            lease_index: lease.record.index,
+            api_token: previous
+                .map(|r| r.api_token)
+                .unwrap_or_else(|| random_hex(32)),
+            persistent: spec.persistent,
+        };
+        write_record(&run_dir, &record)?;
         write_owner(&run_dir, &id, None, lease.record.index)?;
 
-        let vm_spec = VmSpec {
-            id: id.clone(),
-            run_dir: run_dir.clone(),
-            kernel: assets.vmlinux.clone(),
-            initramfs: Some(assets.initramfs.clone()),
-            cmdline: warren_guest::kernel_cmdline(&warren_guest::CmdlineOptions {
-                tsc_khz: warren_guest::cmdline::host_tsc_khz(),
-                extra: Vec::new(),
-                verbose: self.config.verbose_kernel,
-            }),
-            cpus: spec.cpus,
-            memory_mb: spec.memory_mb,
-            disks: vec![
-                DiskSpec {
-                    path: image.rootfs.clone(),
-                    read_only: true,
-                    serial: IMAGE_DISK_SERIAL.into(),
-                    format: "raw".into(),
-                },
-                DiskSpec {
-                    path: data_disk,
-                    read_only: false,
-                    serial: DATA_DISK_SERIAL.into(),
-                    format: "raw".into(),
-                },
-            ],
-            net: Some(NetSpec {
-                tap: lease.record.tap.clone(),
-                mac: lease.mac.clone(),
-            }),
-            control_socket: run_dir.join("agent.sock"),
-            console_log: run_dir.join("console.log"),
-            accel: self.accel,
-            die_with_parent: spec.die_with_owner,
-        };
-
+        let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease);
         let t = Instant::now();
         let vm = self.vmm.boot(&vm_spec).await?;
         let vmm_start_ms = ms(t);
@@ -298,7 +350,6 @@ impl Node {
 
         let t_boot = Instant::now();
         let (control, mut events) = ControlChannel::connect(&vm_spec.control_socket).await?;
-        let api_token = random_hex(32);
         let mut env: BTreeMap<String, String> = image.config.env.iter().cloned().collect();
         env.extend(spec.env.iter().cloned());
         let boot = BootConfig {
@@ -316,11 +367,11 @@ impl Node {
             cmd: spec.cmd.clone(),
             workdir: image.config.working_dir.clone(),
             user: image.config.user.clone(),
-            api_token: api_token.clone(),
+            api_token: record.api_token.clone(),
             api_port: API_PORT,
             clock_unix_ns: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
+                .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0),
             entropy_hex: random_hex(64),
             data_disk: DataDisk::Ext4,
@@ -345,7 +396,7 @@ impl Node {
                 return Err(NodeError::Boot(format!("{why}; boot log: {}", tail(&console))));
             }
             _ = tokio::time::sleep(timeout) => {
-                return Err(NodeError::BootTimeout(timeout, console));
+                return Err(NodeError::BootTimeout(timeout, tail(&console)));
             }
         };
         let guest_boot_ms = ms(t_boot);
@@ -370,7 +421,7 @@ impl Node {
             id,
             image,
             guest_ip: lease.guest_ip,
-            api_token,
+            api_token: record.api_token,
             run_dir,
             report,
             vm,
@@ -380,17 +431,76 @@ impl Node {
         })
     }
 
-    /// Stop the VM (asking the guest to power off first when `grace` is non-zero) and
-    /// remove everything the workspace had on this host.
+    fn vm_spec(
+        &self,
+        id: &str,
+        spec: &WorkspaceSpec,
+        image: &Image,
+        assets: &GuestAssets,
+        lease: &Lease,
+    ) -> VmSpec {
+        let run_dir = self.workspace_dir(id);
+        VmSpec {
+            id: id.to_string(),
+            run_dir: run_dir.clone(),
+            kernel: assets.vmlinux.clone(),
+            initramfs: Some(assets.initramfs.clone()),
+            cmdline: warren_guest::kernel_cmdline(&warren_guest::CmdlineOptions {
+                tsc_khz: warren_guest::cmdline::host_tsc_khz(),
+                extra: Vec::new(),
+                verbose: self.config.verbose_kernel,
+            }),
+            cpus: spec.cpus,
+            memory_mb: spec.memory_mb,
+            disks: vec![
+                DiskSpec {
+                    path: image.rootfs.clone(),
+                    read_only: true,
+                    serial: IMAGE_DISK_SERIAL.into(),
+                    format: "raw".into(),
+                },
+                DiskSpec {
+                    path: run_dir.join("data.ext4"),
+                    read_only: false,
+                    serial: DATA_DISK_SERIAL.into(),
+                    format: "raw".into(),
+                },
+            ],
+            net: Some(NetSpec {
+                tap: lease.record.tap.clone(),
+                mac: lease.mac.clone(),
+            }),
+            control_socket: run_dir.join("agent.sock"),
+            console_log: run_dir.join("console.log"),
+            accel: self.accel,
+            die_with_parent: spec.die_with_owner,
+        }
+    }
+
+    /// Power the VM off (asking the guest first when `grace` is non-zero, then killing
+    /// it) and remove its tap. The disk and the address reservation stay, so
+    /// [`Node::start`] brings the same workspace back.
+    pub async fn stop(&self, ws: RunningWorkspace, grace: Duration) -> Result<()> {
+        let span = tracing::info_span!("workspace", workspace_id = %ws.id);
+        async {
+            power_off(&ws, grace).await?;
+            crate::net::delete_tap(&ws.lease.record.tap);
+            for f in ["agent.sock", "qmp.sock"] {
+                let _ = std::fs::remove_file(ws.run_dir.join(f));
+            }
+            write_owner(&ws.run_dir, &ws.id, None, ws.lease.record.index)?;
+            tracing::info!("workspace stopped");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Power the VM off and remove everything the workspace had on this host.
     pub async fn destroy(&self, ws: RunningWorkspace, grace: Duration) -> Result<()> {
         let span = tracing::info_span!("workspace", workspace_id = %ws.id);
         async {
-            if !grace.is_zero() && ws.control.send(&HostMessage::Shutdown).await.is_ok() {
-                if let Ok(Some(_)) = ws.vm.wait_timeout(grace).await {
-                    tracing::debug!("guest powered off");
-                }
-            }
-            ws.vm.kill().await?;
+            power_off(&ws, grace).await?;
             self.pool.release(&ws.lease.record);
             std::fs::remove_dir_all(&ws.run_dir)
                 .map_err(io_err(format!("remove {}", ws.run_dir.display())))?;
@@ -400,6 +510,84 @@ impl Node {
         .instrument(span)
         .await
     }
+
+    /// Remove a workspace that is not running: its disk, files and address.
+    /// Removing one this node does not know is not an error (deletes are retried).
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let dir = self.workspace_dir(id);
+        if let Some(r) = read_record(&dir) {
+            if let Some(l) = self.pool.held(id, r.lease_index) {
+                self.pool.release(&l.record);
+            }
+        }
+        if let Some(pid) = read_owner(&dir).and_then(|o| o.vmm_pid) {
+            if crate::reconcile::is_our_vmm(pid, id) {
+                // SAFETY: the VMM whose command line names this workspace.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("remove {}", dir.display()))(e)),
+        }
+    }
+
+    /// Take over a workspace whose VM is still running from before this process
+    /// started (a server restart). `None` if its VM is not running.
+    pub async fn adopt(&self, spec: &WorkspaceSpec) -> Result<Option<RunningWorkspace>> {
+        let id = spec.id.clone().ok_or(NodeError::Invalid {
+            field: "id",
+            reason: "adopt needs the workspace id".into(),
+        })?;
+        let dir = self.workspace_dir(&id);
+        let (Some(rec), Some(owner)) = (read_record(&dir), read_owner(&dir)) else {
+            return Ok(None);
+        };
+        let Some(pid) = owner
+            .vmm_pid
+            .filter(|p| crate::reconcile::is_our_vmm(*p, &id))
+        else {
+            return Ok(None);
+        };
+        let Some(lease) = self.pool.held(&id, rec.lease_index) else {
+            // Its address went to another workspace: it cannot be reached as it is.
+            return Ok(None);
+        };
+        let image = self
+            .images
+            .resolve(&spec.image, &warren_images::NoProgress)
+            .await?;
+        let assets = self.guest_assets().await?.clone();
+        let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease);
+        let vm = self.vmm.attach(&vm_spec, pid).await?;
+        let (control, events) = ControlChannel::connect(&vm_spec.control_socket).await?;
+        self.pool.claim(&lease.record)?;
+        write_owner(&dir, &id, Some(pid), lease.record.index)?;
+        tracing::info!(workspace_id = %id, vmm_pid = pid, "adopted running workspace");
+        Ok(Some(RunningWorkspace {
+            id,
+            image,
+            guest_ip: lease.guest_ip,
+            api_token: rec.api_token,
+            run_dir: dir,
+            report: BootReport::default(),
+            vm,
+            control,
+            events: Mutex::new(events),
+            lease,
+        }))
+    }
+}
+
+async fn power_off(ws: &RunningWorkspace, grace: Duration) -> Result<()> {
+    if !grace.is_zero() && ws.control.send(&HostMessage::Shutdown).await.is_ok() {
+        if let Ok(Some(_)) = ws.vm.wait_timeout(grace).await {
+            tracing::debug!("guest powered off");
+        }
+    }
+    ws.vm.kill().await?;
+    Ok(())
 }
 
 async fn wait_ready(events: &mut mpsc::UnboundedReceiver<GuestMessage>) -> Result<BootTimings> {
@@ -431,22 +619,28 @@ fn prepare_guest(cfg: &NodeConfig) -> Result<GuestAssets> {
     })
 }
 
-/// Releases what a failed create allocated.
+/// Releases what a failed boot allocated (a fresh workspace's directory and address;
+/// always the tap).
 struct Cleanup<'a> {
     pool: &'a NetPool,
     run_dir: Option<PathBuf>,
     lease: Option<crate::net::LeaseRecord>,
+    tap: Option<String>,
 }
 
 impl Cleanup<'_> {
     fn disarm(&mut self) {
         self.run_dir = None;
         self.lease = None;
+        self.tap = None;
     }
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
+        if let Some(t) = self.tap.take() {
+            crate::net::delete_tap(&t);
+        }
         if let Some(l) = self.lease.take() {
             self.pool.release(&l);
         }
@@ -480,6 +674,12 @@ fn write_owner(dir: &std::path::Path, id: &str, vmm_pid: Option<u32>, idx: u32) 
     };
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
     std::fs::write(dir.join(OWNER_FILE), body).map_err(io_err("write owner record"))
+}
+
+fn read_owner(dir: &std::path::Path) -> Option<OwnerRecord> {
+    std::fs::read(dir.join(OWNER_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 fn tail(p: &std::path::Path) -> String {

@@ -42,7 +42,7 @@ pub struct BootConfig {
     /// TCP port of the runtime API.
     pub api_port: u16,
     /// Host wall clock at the time the config was sent, in Unix nanoseconds.
-    pub clock_unix_ns: u128,
+    pub clock_unix_ns: u64,
     /// Fresh entropy from the host, hex encoded, mixed into the guest's RNG.
     pub entropy_hex: String,
     /// How the writable disk is to be prepared.
@@ -123,8 +123,12 @@ pub enum GuestMessage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
-    Boot { config: Box<BootConfig> },
-    Ping { id: u64 },
+    Boot {
+        config: Box<BootConfig>,
+    },
+    Ping {
+        id: u64,
+    },
     /// Sync filesystems and power off.
     Shutdown,
 }

@@ -4,6 +4,10 @@
 //! `http://<internal_ip>:9990` with the raw token, or through the data-plane gateway
 //! with a gateway token. Paths and bodies are those of `warren_protocol::runtime`.
 
+pub mod control;
+
+pub use control::{ControlClient, Power};
+
 use base64::Engine;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -83,7 +87,13 @@ impl RuntimeClient {
 
     /// Run a command to completion.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecTask> {
-        Self::json(self.req(reqwest::Method::POST, "/exec").json(req).send().await?).await
+        Self::json(
+            self.req(reqwest::Method::POST, "/exec")
+                .json(req)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Run a command and receive its output as it comes. `on_event` is called for each
@@ -261,9 +271,11 @@ fn decode_event(name: &str, data: &str) -> Result<ExecEvent> {
             .map_err(|e| SdkError::Decode(format!("{name} event: {e}")))
     };
     Ok(match name {
-        stream_event::TASK_ID => {
-            ExecEvent::TaskId(serde_json::from_str::<StreamTaskId>(data).map_err(bad)?.task_id)
-        }
+        stream_event::TASK_ID => ExecEvent::TaskId(
+            serde_json::from_str::<StreamTaskId>(data)
+                .map_err(bad)?
+                .task_id,
+        ),
         stream_event::STDOUT => ExecEvent::Stdout(b64(serde_json::from_str(data).map_err(bad)?)?),
         stream_event::STDERR => ExecEvent::Stderr(b64(serde_json::from_str(data).map_err(bad)?)?),
         stream_event::EXIT => ExecEvent::Exit(serde_json::from_str(data).map_err(bad)?),

@@ -140,7 +140,10 @@ mod tests {
 
     #[test]
     fn no_kvm_falls_back_or_refuses() {
-        assert_eq!(decide(AccelChoice::Auto, &NONE, false).unwrap().0, Accel::Tcg);
+        assert_eq!(
+            decide(AccelChoice::Auto, &NONE, false).unwrap().0,
+            Accel::Tcg
+        );
         assert!(decide(AccelChoice::Kvm, &NONE, false)
             .unwrap_err()
             .contains("/dev/kvm"));

@@ -102,6 +102,9 @@ pub trait Vmm: Send + Sync {
     async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>>;
     /// Start a VM from a snapshot taken by [`Vm::snapshot`] with the same spec shape.
     async fn restore(&self, spec: &VmSpec, snapshot: &std::path::Path) -> Result<Box<dyn Vm>>;
+    /// Take control of a VM this engine started earlier (from another process, e.g.
+    /// before a restart of the server), given its VMM pid.
+    async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn Vm>>;
 }
 
 /// A running (or paused) VM.

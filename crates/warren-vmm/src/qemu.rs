@@ -7,7 +7,7 @@
 //! flags are the only difference between KVM and TCG.
 
 use crate::qmp::Qmp;
-use crate::{io_err, Accel, Result, Vm, VmExit, Vmm, VmmError, VmSpec};
+use crate::{io_err, Accel, Result, Vm, VmExit, VmSpec, Vmm, VmmError};
 use async_trait::async_trait;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,10 @@ impl QemuVmm {
     }
 
     async fn spawn(&self, spec: &VmSpec, incoming: bool) -> Result<QemuVm> {
-        for (what, p) in [("kernel", Some(&spec.kernel)), ("initramfs", spec.initramfs.as_ref())] {
+        for (what, p) in [
+            ("kernel", Some(&spec.kernel)),
+            ("initramfs", spec.initramfs.as_ref()),
+        ] {
             if let Some(p) = p {
                 if !p.is_file() {
                     return Err(VmmError::Missing {
@@ -136,11 +139,7 @@ impl QemuVmm {
             };
             let _ = tx.send(Some(exit));
         });
-        Ok(QemuVm {
-            pid,
-            qmp,
-            exit: rx,
-        })
+        Ok(QemuVm { pid, qmp, exit: rx })
     }
 }
 
@@ -187,6 +186,44 @@ impl Vmm for QemuVmm {
         }
         Ok(Box::new(vm))
     }
+
+    async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn Vm>> {
+        let exit = watch_foreign_pid(pid)?;
+        let qmp = Qmp::connect(&qmp_socket(spec)).await?;
+        Ok(Box::new(QemuVm {
+            pid: Some(pid),
+            qmp,
+            exit,
+        }))
+    }
+}
+
+/// Watch a process that is not our child: a pidfd becomes readable when it exits.
+/// Its exit status belongs to its parent, so we only learn that it ended.
+fn watch_foreign_pid(pid: u32) -> Result<watch::Receiver<Option<VmExit>>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open returns a new fd or -1; we take ownership of it.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return Err(VmmError::Io {
+            context: format!("watch VMM process {pid}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the pidfd and nothing else closes it while registered.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
+        .map_err(|e| io_err("register pidfd")(std::io::Error::from(e)))?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let _ = afd.readable().await;
+        let _ = tx.send(Some(VmExit {
+            code: None,
+            signal: None,
+        }));
+    });
+    Ok(rx)
 }
 
 pub struct QemuVm {
@@ -293,11 +330,17 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     }
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", spec.console_log.to_string_lossy()),
+        &format!(
+            "file,id=console,path={}",
+            spec.console_log.to_string_lossy()
+        ),
         "-serial",
         "chardev:console",
         "-qmp",
-        &format!("unix:{},server=on,wait=off", qmp_socket(spec).to_string_lossy()),
+        &format!(
+            "unix:{},server=on,wait=off",
+            qmp_socket(spec).to_string_lossy()
+        ),
     ]);
     for (i, d) in spec.disks.iter().enumerate() {
         let mut drive = format!(
@@ -398,7 +441,10 @@ mod tests {
         let diff: Vec<_> = tcg.iter().zip(&kvm).filter(|(a, b)| a != b).collect();
         assert_eq!(
             diff,
-            vec![(&"tcg".to_string(), &"kvm".to_string()), (&"max".to_string(), &"host".to_string())]
+            vec![
+                (&"tcg".to_string(), &"kvm".to_string()),
+                (&"max".to_string(), &"host".to_string())
+            ]
         );
     }
 

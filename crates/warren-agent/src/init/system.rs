@@ -9,7 +9,7 @@ use std::path::Path;
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 
 /// Set CLOCK_REALTIME to `unix_ns`.
-pub fn set_clock(unix_ns: u128) -> Result<(), String> {
+pub fn set_clock(unix_ns: u64) -> Result<(), String> {
     let secs =
         i64::try_from(unix_ns / 1_000_000_000).map_err(|_| "clock out of range".to_string())?;
     let nanos = (unix_ns % 1_000_000_000) as i64;

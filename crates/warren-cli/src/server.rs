@@ -1,0 +1,131 @@
+//! `warren server`: the API, the node agent and the data-plane gateway in one process.
+
+use crate::NodeArgs;
+use anyhow::Context;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use warren_api::node_backend::NodeBackend;
+use warren_api::{ApiConfig, AppState, Manager, WorkspaceBackend};
+use warren_gateway::{GatewayKeys, GatewayState};
+use warren_state::Store;
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Where the REST API listens.
+    #[arg(long, env = "WARREN_API_ADDR", default_value = "127.0.0.1:8484")]
+    pub api_addr: SocketAddr,
+    /// Where the data-plane gateway (runtime API behind gateway tokens) listens.
+    #[arg(long, env = "WARREN_GATEWAY_ADDR", default_value = "127.0.0.1:8485")]
+    pub gateway_addr: SocketAddr,
+    /// The gateway's URL as clients reach it (default: http://GATEWAY_ADDR).
+    #[arg(long, env = "WARREN_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// Image for workspaces created without one.
+    #[arg(long, env = "WARREN_DEFAULT_IMAGE", default_value = "debian-12")]
+    pub default_image: String,
+    /// Lifetime of gateway tokens, in seconds.
+    #[arg(long, env = "WARREN_GATEWAY_TOKEN_TTL", default_value_t = 3600)]
+    pub gateway_token_ttl: u64,
+    /// Most workspaces this server holds (running or stopped).
+    #[arg(long, env = "WARREN_MAX_WORKSPACES", default_value_t = 256)]
+    pub max_workspaces: u32,
+}
+
+/// Where the admin credentials go.
+pub fn credentials_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("credentials.json")
+}
+
+fn write_credentials(path: &Path, id: &str, secret: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let body = serde_json::to_vec_pretty(&serde_json::json!({
+        "client_id": id,
+        "client_secret": secret,
+    }))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
+    let node_config = args.node.config();
+    let data_dir = node_config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("create the data directory {}", data_dir.display()))?;
+    let node =
+        warren_node::Node::new(node_config).context("cannot set up this host to run workspaces")?;
+    let backend = Arc::new(NodeBackend::new(node));
+
+    let store = Store::open(&data_dir.join("warren.db"))
+        .await
+        .context("cannot open the state database")?;
+    if store.count_clients().await? == 0 {
+        let c = store.create_client("admin", true).await?;
+        let path = credentials_path(&data_dir);
+        write_credentials(&path, &c.client.id, &c.secret)?;
+        eprintln!("warren: admin credentials written to {}", path.display());
+    }
+    let keys = GatewayKeys::load_or_create(&data_dir.join("gateway.key"))?;
+
+    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.api_addr))?;
+    let gw_listener = tokio::net::TcpListener::bind(args.gateway_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.gateway_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    let gw_addr = gw_listener.local_addr()?;
+
+    let mut config = ApiConfig {
+        data_dir: data_dir.clone(),
+        gateway_url: args
+            .gateway_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{gw_addr}")),
+        gateway_token_ttl: Duration::from_secs(args.gateway_token_ttl.max(1)),
+        default_image: args.default_image.clone(),
+        ..ApiConfig::default()
+    };
+    config.capacity.max_workspaces = args.max_workspaces;
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    backend.set_events(tx);
+    let manager = Manager::new(store.clone(), backend.clone(), config, keys.clone());
+    manager
+        .startup()
+        .await
+        .map_err(|e| anyhow::anyhow!("reconciling at start: {}", e.message))?;
+    manager.spawn_background(rx);
+
+    let gateway = warren_gateway::router(GatewayState::new(keys, store)?);
+    let api = warren_api::router(AppState::new(manager));
+    let gw_task = tokio::spawn(async move { axum::serve(gw_listener, gateway).await });
+    let api_task = tokio::spawn(async move { axum::serve(api_listener, api).await });
+    tracing::info!(%gw_addr, "gateway listening");
+    eprintln!("warren: api listening on http://{api_addr}");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = api_task => r?.context("the API server failed")?,
+        r = gw_task => r?.context("the gateway failed")?,
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    // Workspaces keep running; the next start adopts them.
+    eprintln!("warren: server stopped; workspaces keep running and are adopted at the next start");
+    Ok(0)
+}

@@ -1,0 +1,107 @@
+//! The boundary between the control plane and whatever runs VMs.
+//!
+//! [`WorkspaceBackend`] is what the manager needs from a node; the node agent
+//! implements it in [`crate::node_backend`]. Keeping it a trait lets the API build and
+//! be tested without VM code, and lets a remote node (a later multi-host control plane)
+//! implement it over the network.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What to boot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootSpec {
+    pub id: String,
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u64,
+    pub env: Vec<(String, String)>,
+    pub cmd: Option<Vec<String>>,
+    /// Disk and address survive stop/start and server restarts.
+    pub persistent: bool,
+}
+
+/// A VM whose agent is serving the runtime API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Booted {
+    pub internal_ip: String,
+    pub agent_token: String,
+    /// Where boot time went (engine specific), shown in the workspace's info.
+    pub report: serde_json::Value,
+}
+
+/// Something that happened to a running workspace on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendEvent {
+    /// The workspace's `cmd` exited.
+    CmdExited { id: String, exit_code: i32 },
+    /// The VM went away without being asked (crash, poweroff inside).
+    VmExited { id: String, detail: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The spec is outside what the node accepts (maps to 422).
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The node is out of something (addresses, disk) (maps to 409).
+    #[error("{0}")]
+    Capacity(String),
+    /// The workspace is not running (maps to 409).
+    #[error("workspace {0} is not running")]
+    NotRunning(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An image the node can boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    pub id: String,
+    pub image: String,
+    pub label: String,
+    pub desc: String,
+    pub category: String,
+}
+
+/// The node's per-workspace limits.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Limits {
+    pub max_cpus: u32,
+    pub max_memory_mb: u32,
+    pub max_disk_mb: u64,
+}
+
+#[async_trait]
+pub trait WorkspaceBackend: Send + Sync + 'static {
+    fn limits(&self) -> Limits;
+    /// Check a spec before anything is allocated.
+    fn validate(&self, spec: &BootSpec) -> Result<(), BackendError>;
+    fn images(&self) -> Vec<ImageInfo>;
+    /// Boot a new workspace (removing leftovers of an earlier attempt with the same id).
+    async fn create(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
+    /// Boot an existing (stopped) workspace with its disk.
+    async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
+    /// Power off; the disk stays. Not running is not an error.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), BackendError>;
+    /// Freeze the vCPUs, memory kept.
+    async fn pause(&self, id: &str) -> Result<(), BackendError>;
+    async fn resume(&self, id: &str) -> Result<(), BackendError>;
+    /// Remove everything of the workspace on the node, running or not; idempotent.
+    async fn remove(&self, id: &str) -> Result<(), BackendError>;
+    /// After a server restart: take over the workspace's VM if it still runs.
+    async fn adopt(&self, spec: &BootSpec) -> Result<Option<Booted>, BackendError>;
+    /// Remove VMs, taps, leases and directories of workspaces not in `keep`.
+    async fn reconcile(&self, keep: &HashSet<String>) -> Result<serde_json::Value, BackendError>;
+    fn is_running(&self, id: &str) -> bool;
+    /// The boot (console) log.
+    fn boot_log(&self, id: &str) -> Option<String>;
+    /// Host-side numbers about a running VM (pid, memory), for one-shot stats.
+    fn stats(&self, id: &str) -> Option<serde_json::Value>;
+    /// Where [`BackendEvent`]s go; set once at start.
+    fn set_events(&self, tx: mpsc::UnboundedSender<BackendEvent>);
+}

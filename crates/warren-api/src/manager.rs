@@ -1,0 +1,666 @@
+//! The workspace manager: turns requests into desired state and drives each
+//! workspace's observed state towards it through the backend.
+//!
+//! Rules that make crashes harmless:
+//! * A request first writes what the user wants (`desired_state`) to the database, then
+//!   acts. A killed server finds the intent on restart and finishes it ([`Manager::startup`]).
+//! * All work on one workspace happens under that workspace's lock, in
+//!   [`Manager::converge`], which reads the row, compares desired with observed, calls
+//!   the backend and writes what it observed. Two requests never act on one VM at once.
+//! * A create stores the row (with its idempotency key, atomically unique) before any
+//!   allocation; a failed boot releases everything (the node's guard) and leaves a
+//!   `failed` row that can be retried or deleted.
+
+use crate::backend::{BackendError, BackendEvent, BootSpec, WorkspaceBackend};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{self, CreateRequest};
+use crate::ApiConfig;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use warren_gateway::GatewayKeys;
+use warren_state::{
+    now, DesiredState, InsertOutcome, NewWorkspace, ObservedState, ProvisioningPhase,
+    ProvisioningState, Store, Workspace,
+};
+
+pub struct Manager {
+    pub store: Store,
+    pub backend: Arc<dyn WorkspaceBackend>,
+    pub config: ApiConfig,
+    pub keys: GatewayKeys,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Invalid { field, reason } => ApiError::invalid(&field, reason),
+            BackendError::Capacity(m) => ApiError::conflict("POOL_LIMIT_REACHED", m),
+            BackendError::NotRunning(id) => {
+                ApiError::conflict("conflict", format!("workspace {id} is not running"))
+            }
+            BackendError::Failed(m) => ApiError::internal(m),
+        }
+    }
+}
+
+fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    use rand::Rng;
+    let mut r = rand::thread_rng();
+    let s: String = (0..12)
+        .map(|_| ALPHABET[r.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("ws_{s}")
+}
+
+fn add_secs(secs: u64) -> String {
+    warren_state::fmt_time(chrono::Utc::now() + chrono::Duration::seconds(secs as i64))
+}
+
+/// The TTL deadline counted from now, for a workspace with a TTL.
+pub fn ttl_deadline(w: &Workspace) -> Option<String> {
+    w.ttl_seconds.map(add_secs)
+}
+
+impl Manager {
+    pub fn new(
+        store: Store,
+        backend: Arc<dyn WorkspaceBackend>,
+        config: ApiConfig,
+        keys: GatewayKeys,
+    ) -> Arc<Self> {
+        Arc::new(Manager {
+            store,
+            backend,
+            config,
+            keys,
+            locks: Default::default(),
+        })
+    }
+
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    /// What to boot for a workspace row.
+    pub fn boot_spec(&self, w: &Workspace) -> BootSpec {
+        let cfg = w.config.as_object().cloned().unwrap_or_default();
+        BootSpec {
+            id: w.id.clone(),
+            image: w.image.clone(),
+            cpus: w.cpus,
+            memory_mb: w.memory_mb,
+            disk_size_mb: w.disk_size_mb,
+            env: model::env_of(&cfg).unwrap_or_default(),
+            cmd: model::cmd_of(&cfg).unwrap_or_default(),
+            // Every workspace the server manages keeps its disk and address while it
+            // exists; the server itself removes it (delete, TTL, remove_on_exit).
+            persistent: true,
+        }
+    }
+
+    /// Check the request against the node and the server's capacity, then store it
+    /// and start provisioning in the background. Returns the row and whether it is new
+    /// (false: the idempotency key matched an earlier create).
+    pub async fn create(
+        self: &Arc<Self>,
+        client_id: &str,
+        req: &CreateRequest,
+    ) -> ApiResult<(Workspace, bool)> {
+        if let Some(key) = &req.idempotency_key {
+            // A retried create is answered before any check that could now fail
+            // (capacity used by the first attempt itself).
+            if let Some(w) = self.store.client_workspace_by_key(client_id, key).await? {
+                return Ok((w, false));
+            }
+        }
+        let id = new_id();
+        let image = req
+            .image
+            .clone()
+            .unwrap_or_else(|| self.config.default_image.clone());
+        let spec = BootSpec {
+            id: id.clone(),
+            image: image.clone(),
+            cpus: req.cpus,
+            memory_mb: req.memory_mb,
+            disk_size_mb: req.disk_size_mb,
+            env: model::env_of(req.config.as_object().unwrap_or(&Default::default()))?,
+            cmd: model::cmd_of(req.config.as_object().unwrap_or(&Default::default()))?,
+            persistent: true,
+        };
+        self.backend.validate(&spec)?;
+        self.check_capacity(client_id, &spec).await?;
+        let name = req.name.clone().unwrap_or_else(|| id.clone());
+        let new = NewWorkspace {
+            id: id.clone(),
+            client_id: client_id.to_string(),
+            name,
+            slug: req.slug.clone(),
+            image,
+            mode: req.mode.clone(),
+            cpus: req.cpus,
+            memory_mb: req.memory_mb,
+            disk_size_mb: req.disk_size_mb,
+            config: req.config.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            ttl_seconds: req.lifecycle.ttl_seconds,
+            ttl_action: req.lifecycle.ttl_action.clone(),
+            ttl_expires_at: req.lifecycle.ttl_seconds.map(add_secs),
+            remove_on_exit: req.lifecycle.remove_on_exit,
+            restart_policy: req.lifecycle.restart_policy.clone(),
+        };
+        match self.store.insert_workspace(&new).await? {
+            InsertOutcome::Existing(w) => Ok((w, false)),
+            InsertOutcome::Created(w) => {
+                self.log(Some(client_id), &w.id, "create", "accepted", None)
+                    .await;
+                self.spawn_converge(&w.id);
+                Ok((w, true))
+            }
+        }
+    }
+
+    async fn check_capacity(&self, client_id: &str, spec: &BootSpec) -> ApiResult<()> {
+        let c = &self.config.capacity;
+        let (mine, _, _, _) = self.store.usage(Some(client_id)).await?;
+        if mine as u64 >= u64::from(c.max_workspaces_per_client) {
+            return Err(ApiError::conflict(
+                "SANDBOX_LIMIT_REACHED",
+                format!(
+                    "this client has {mine} workspaces, the limit is {}",
+                    c.max_workspaces_per_client
+                ),
+            ));
+        }
+        let (n, _cpus, mem, disk) = self.store.usage(None).await?;
+        if n as u64 >= u64::from(c.max_workspaces) {
+            return Err(ApiError::conflict(
+                "POOL_LIMIT_REACHED",
+                format!("this server runs at most {} workspaces", c.max_workspaces),
+            ));
+        }
+        if mem as u64 + u64::from(spec.memory_mb) > c.max_memory_mb {
+            return Err(ApiError::conflict(
+                "POOL_LIMIT_REACHED",
+                format!(
+                    "not enough memory: {} MB asked, {} MB of {} MB left",
+                    spec.memory_mb,
+                    c.max_memory_mb.saturating_sub(mem as u64),
+                    c.max_memory_mb
+                ),
+            ));
+        }
+        if disk as u64 + spec.disk_size_mb > c.max_disk_mb {
+            return Err(ApiError::conflict(
+                "POOL_LIMIT_REACHED",
+                format!(
+                    "not enough disk: {} MB asked, {} MB of {} MB left",
+                    spec.disk_size_mb,
+                    c.max_disk_mb.saturating_sub(disk as u64),
+                    c.max_disk_mb
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn log(
+        &self,
+        client: Option<&str>,
+        id: &str,
+        op: &str,
+        outcome: &str,
+        detail: Option<&str>,
+    ) {
+        if let Err(e) = self
+            .store
+            .log_operation(client, Some(id), op, outcome, detail)
+            .await
+        {
+            tracing::warn!(workspace_id = id, error = %e, "cannot write the operations log");
+        }
+    }
+
+    /// Converge in the background (create, delete).
+    pub fn spawn_converge(self: &Arc<Self>, id: &str) {
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = me.converge(&id).await {
+                tracing::warn!(workspace_id = %id, error = %e.message, "background work failed");
+            }
+        });
+    }
+
+    /// Record what the user wants and converge now; the answer comes when the node
+    /// has confirmed the state. `None`: the workspace is gone (deleted).
+    pub async fn set_desired(
+        self: &Arc<Self>,
+        client_id: Option<&str>,
+        id: &str,
+        desired: DesiredState,
+        user_requested: bool,
+        op: &str,
+    ) -> ApiResult<Option<Workspace>> {
+        if !self.store.set_desired(id, desired, user_requested).await? {
+            return Err(ApiError::conflict(
+                "conflict",
+                format!("workspace {id} is being deleted"),
+            ));
+        }
+        let r = self.converge(id).await;
+        let outcome = if r.is_ok() { "ok" } else { "error" };
+        let detail = r.as_ref().err().map(|e| e.message.clone());
+        self.log(client_id, id, op, outcome, detail.as_deref())
+            .await;
+        r
+    }
+
+    /// Stop then start, under one lock.
+    pub async fn restart(
+        self: &Arc<Self>,
+        client_id: &str,
+        id: &str,
+    ) -> ApiResult<Option<Workspace>> {
+        let lock = self.lock_of(id);
+        {
+            let _g = lock.lock().await;
+            if let Some(mut w) = self.store.workspace(id).await? {
+                if matches!(
+                    w.observed_state,
+                    ObservedState::Running | ObservedState::Paused
+                ) {
+                    self.stop_vm(&mut w).await?;
+                }
+            }
+        }
+        self.set_desired(Some(client_id), id, DesiredState::Running, false, "restart")
+            .await
+    }
+
+    /// Drive one workspace's observed state to its desired state.
+    pub async fn converge(self: &Arc<Self>, id: &str) -> ApiResult<Option<Workspace>> {
+        let lock = self.lock_of(id);
+        let _g = lock.lock().await;
+        let span = tracing::info_span!("workspace", workspace_id = %id);
+        self.converge_locked(id).instrument(span).await
+    }
+
+    async fn converge_locked(self: &Arc<Self>, id: &str) -> ApiResult<Option<Workspace>> {
+        let Some(mut w) = self.store.workspace(id).await? else {
+            return Ok(None);
+        };
+        match w.desired_state {
+            DesiredState::Deleted => {
+                self.remove(&mut w).await?;
+                Ok(None)
+            }
+            DesiredState::Running => {
+                match w.observed_state {
+                    ObservedState::Running if self.backend.is_running(id) => {}
+                    ObservedState::Paused if self.backend.is_running(id) => {
+                        self.backend.resume(id).await?;
+                        w.observed_state = ObservedState::Running;
+                        w = self.store.save_observed(&w).await?;
+                    }
+                    _ => self.boot(&mut w).await?,
+                }
+                Ok(Some(w))
+            }
+            DesiredState::Stopped => {
+                if self.backend.is_running(id)
+                    || matches!(
+                        w.observed_state,
+                        ObservedState::Running | ObservedState::Paused | ObservedState::Stopping
+                    )
+                {
+                    self.stop_vm(&mut w).await?;
+                } else if w.observed_state != ObservedState::Stopped
+                    && w.prov_state == ProvisioningState::Ready
+                {
+                    w.observed_state = ObservedState::Stopped;
+                    w = self.store.save_observed(&w).await?;
+                }
+                Ok(Some(w))
+            }
+            DesiredState::Paused => {
+                if w.observed_state == ObservedState::Running && self.backend.is_running(id) {
+                    self.backend.pause(id).await?;
+                    w.observed_state = ObservedState::Paused;
+                    w = self.store.save_observed(&w).await?;
+                } else if w.observed_state != ObservedState::Paused {
+                    return Err(ApiError::conflict(
+                        "conflict",
+                        format!(
+                            "workspace {id} is {}: only a running workspace can be paused",
+                            w.observed_state
+                        ),
+                    ));
+                }
+                Ok(Some(w))
+            }
+        }
+    }
+
+    async fn boot(&self, w: &mut Workspace) -> ApiResult<()> {
+        // A workspace that never became ready is (re)created from scratch: leftovers
+        // of an interrupted attempt are removed first by the backend.
+        let fresh = w.prov_state != ProvisioningState::Ready;
+        let spec = self.boot_spec(w);
+        if fresh {
+            w.observed_state = ObservedState::Creating;
+            w.set_provisioning(
+                ProvisioningState::Running,
+                ProvisioningPhase::Starting,
+                "Booting the VM",
+            );
+        } else {
+            w.observed_state = ObservedState::Starting;
+        }
+        *w = self.store.save_observed(w).await?;
+        let r = if fresh {
+            self.backend.create(&spec).await
+        } else {
+            self.backend.start(&spec).await
+        };
+        match r {
+            Ok(b) => {
+                w.internal_ip = Some(b.internal_ip);
+                w.agent_token = Some(b.agent_token);
+                w.observed_state = ObservedState::Running;
+                w.started_at = Some(now());
+                w.last_exit_code = None;
+                if fresh {
+                    w.set_provisioning(ProvisioningState::Ready, ProvisioningPhase::Ready, "Ready");
+                }
+                *w = self.store.save_observed(w).await?;
+                tracing::info!(ip = ?w.internal_ip, "workspace running");
+                if fresh {
+                    self.log(None, &w.id, "provision", "ok", None).await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "boot failed");
+                let (code, api) = match &e {
+                    BackendError::Invalid { .. } => ("VALIDATION_FAILED", ApiError::from(e)),
+                    BackendError::Capacity(_) => ("CAPACITY", ApiError::from(e)),
+                    _ => ("CREATE_FAILED", ApiError::from(e)),
+                };
+                w.agent_token = None;
+                if fresh {
+                    w.observed_state = ObservedState::Failed;
+                    w.set_provisioning(
+                        ProvisioningState::Failed,
+                        ProvisioningPhase::Failed,
+                        "Failed",
+                    );
+                    w.prov_error_code = Some(code.to_string());
+                    w.prov_error_message = Some(api.message.clone());
+                } else {
+                    w.observed_state = ObservedState::Stopped;
+                }
+                *w = self.store.save_observed(w).await?;
+                let op = if fresh { "provision" } else { "start" };
+                self.log(None, &w.id, op, "error", Some(&api.message)).await;
+                Err(api)
+            }
+        }
+    }
+
+    async fn stop_vm(&self, w: &mut Workspace) -> ApiResult<()> {
+        w.observed_state = ObservedState::Stopping;
+        *w = self.store.save_observed(w).await?;
+        self.backend.stop(&w.id, self.config.stop_grace).await?;
+        w.observed_state = ObservedState::Stopped;
+        w.agent_token = None;
+        *w = self.store.save_observed(w).await?;
+        Ok(())
+    }
+
+    async fn remove(&self, w: &mut Workspace) -> ApiResult<()> {
+        w.observed_state = ObservedState::Deleting;
+        w.prov_phase = ProvisioningPhase::Deleting;
+        *w = self.store.save_observed(w).await?;
+        self.backend.remove(&w.id).await?;
+        self.store.delete_workspace(&w.id).await?;
+        self.log(None, &w.id, "delete", "ok", None).await;
+        tracing::info!("workspace deleted");
+        Ok(())
+    }
+
+    /// Mark a workspace for deletion and delete it in the background.
+    pub async fn delete(self: &Arc<Self>, client_id: &str, id: &str) -> ApiResult<()> {
+        self.store
+            .set_desired(id, DesiredState::Deleted, false)
+            .await?;
+        self.log(Some(client_id), id, "delete", "accepted", None)
+            .await;
+        self.spawn_converge(id);
+        Ok(())
+    }
+
+    /// Retry a failed creation with the same id and configuration.
+    pub async fn retry(self: &Arc<Self>, client_id: &str, id: &str) -> ApiResult<Workspace> {
+        let lock = self.lock_of(id);
+        let w = {
+            let _g = lock.lock().await;
+            let mut w = self
+                .store
+                .workspace(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("workspace", id))?;
+            if w.prov_state != ProvisioningState::Failed {
+                return Err(ApiError::conflict(
+                    "conflict",
+                    format!(
+                        "workspace {id} did not fail (provisioning is {})",
+                        w.prov_state
+                    ),
+                ));
+            }
+            w.observed_state = ObservedState::Creating;
+            w.set_provisioning(
+                ProvisioningState::Queued,
+                ProvisioningPhase::Queued,
+                "Queued",
+            );
+            self.store.save_observed(&w).await?
+        };
+        self.store
+            .set_desired(id, DesiredState::Running, false)
+            .await?;
+        self.log(Some(client_id), id, "provisioning_retry", "accepted", None)
+            .await;
+        self.spawn_converge(id);
+        Ok(w)
+    }
+
+    /// At server start: take over VMs that still run, remove what belongs to no
+    /// workspace, and converge every workspace to what it should be.
+    pub async fn startup(self: &Arc<Self>) -> ApiResult<()> {
+        let all = self.store.all_workspaces().await?;
+        let keep: HashSet<String> = all.iter().map(|w| w.id.clone()).collect();
+        for w in &all {
+            let lock = self.lock_of(&w.id);
+            let _g = lock.lock().await;
+            let mut w = w.clone();
+            let adopted = if w.desired_state == DesiredState::Deleted {
+                None
+            } else {
+                match self.backend.adopt(&self.boot_spec(&w)).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(workspace_id = %w.id, error = %e, "cannot adopt");
+                        None
+                    }
+                }
+            };
+            match adopted {
+                Some(b) => {
+                    w.internal_ip = Some(b.internal_ip);
+                    w.agent_token = Some(b.agent_token);
+                    if !matches!(w.observed_state, ObservedState::Paused) {
+                        w.observed_state = ObservedState::Running;
+                    }
+                    if w.prov_state != ProvisioningState::Ready {
+                        w.set_provisioning(
+                            ProvisioningState::Ready,
+                            ProvisioningPhase::Ready,
+                            "Ready",
+                        );
+                    }
+                }
+                None => {
+                    w.agent_token = None;
+                    w.observed_state = match w.observed_state {
+                        ObservedState::Failed => ObservedState::Failed,
+                        ObservedState::Deleting => ObservedState::Deleting,
+                        _ if w.prov_state == ProvisioningState::Ready => ObservedState::Stopped,
+                        _ => ObservedState::Creating,
+                    };
+                }
+            }
+            self.store.save_observed(&w).await?;
+        }
+        let report = self.backend.reconcile(&keep).await?;
+        tracing::info!(workspaces = all.len(), %report, "reconciled at start");
+        for w in all {
+            let me = self.clone();
+            tokio::spawn(async move {
+                // A failed create is not retried on its own; everything else converges.
+                if w.prov_state == ProvisioningState::Failed
+                    && w.desired_state != DesiredState::Deleted
+                {
+                    return;
+                }
+                if let Err(e) = me.converge(&w.id).await {
+                    tracing::warn!(workspace_id = %w.id, error = %e.message, "converge at start failed");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Background duties: TTL expiry and events from running workspaces.
+    pub fn spawn_background(self: &Arc<Self>, mut events: mpsc::UnboundedReceiver<BackendEvent>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.config.ttl_check_interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.expire_ttls().await {
+                    tracing::warn!(error = %e.message, "TTL sweep failed");
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let me = me.clone();
+                tokio::spawn(async move { me.on_event(ev).await });
+            }
+        });
+    }
+
+    async fn expire_ttls(self: &Arc<Self>) -> ApiResult<()> {
+        for mut w in self.store.expired_workspaces(&now()).await? {
+            let action = w.ttl_action.clone().unwrap_or_else(|| "stop".into());
+            tracing::info!(workspace_id = %w.id, action, "TTL expired");
+            // Fire once: the next deadline is set when the workspace starts again.
+            w.ttl_expires_at = None;
+            self.store.save_settings(&w).await?;
+            let desired = match action.as_str() {
+                "remove" => DesiredState::Deleted,
+                "pause" => DesiredState::Paused,
+                _ => DesiredState::Stopped,
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if desired == DesiredState::Deleted {
+                    let _ = me.store.set_desired(&w.id, desired, false).await;
+                    me.log(None, &w.id, "ttl_expired", "ok", Some(&action))
+                        .await;
+                    let _ = me.converge(&w.id).await;
+                } else {
+                    let _ = me
+                        .set_desired(None, &w.id, desired, false, "ttl_expired")
+                        .await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn on_event(self: &Arc<Self>, ev: BackendEvent) {
+        let (id, exit_code, vm_gone) = match &ev {
+            BackendEvent::CmdExited { id, exit_code } => (id.clone(), Some(*exit_code), false),
+            BackendEvent::VmExited { id, .. } => (id.clone(), None, true),
+        };
+        tracing::info!(workspace_id = %id, ?ev, "workspace event");
+        let lock = self.lock_of(&id);
+        let remove = {
+            let _g = lock.lock().await;
+            let Ok(Some(mut w)) = self.store.workspace(&id).await else {
+                return;
+            };
+            if exit_code.is_some() {
+                w.last_exit_code = exit_code;
+            }
+            if vm_gone
+                && matches!(
+                    w.observed_state,
+                    ObservedState::Running | ObservedState::Paused
+                )
+            {
+                w.observed_state = ObservedState::Stopped;
+                w.agent_token = None;
+            }
+            let _ = self.store.save_observed(&w).await;
+            w.remove_on_exit && w.desired_state != DesiredState::Deleted
+        };
+        let detail = format!("{ev:?}");
+        self.log(None, &id, "exit", "ok", Some(&detail)).await;
+        if remove {
+            let _ = self
+                .store
+                .set_desired(&id, DesiredState::Deleted, false)
+                .await;
+            self.log(None, &id, "remove_on_exit", "accepted", None)
+                .await;
+            let _ = self.converge(&id).await;
+        } else if vm_gone {
+            // The VM is gone; a desired `running` is not restarted behind the user's back
+            // (restart policies are a later issue), so record it as stopped.
+            let _ = self
+                .store
+                .set_desired(&id, DesiredState::Stopped, false)
+                .await;
+        }
+    }
+
+    /// Wait until the workspace is ready, failed, gone, or the timeout passed.
+    pub async fn wait_ready(&self, id: &str, timeout: Duration) -> ApiResult<Option<Workspace>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let w = self.store.workspace(id).await?;
+            match &w {
+                None => return Ok(None),
+                Some(w) if model::is_ready(w) || w.prov_state == ProvisioningState::Failed => {
+                    return Ok(Some(w.clone()))
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(w);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! [`WorkspaceBackend`] on the node agent of this host ([`warren_node::Node`]).
+//!
+//! Running workspaces are held here with a watcher task each, which reports the
+//! workspace's `cmd` exiting and the VM going away on its own. Stopping or removing a
+//! workspace first stops its watcher, so only unexpected exits become events.
+
+use crate::backend::{
+    BackendError, BackendEvent, BootSpec, Booted, ImageInfo, Limits, WorkspaceBackend,
+};
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use warren_node::{Node, NodeError, RunningWorkspace, WorkspaceSpec};
+use warren_protocol::control::GuestMessage;
+
+struct Entry {
+    ws: Arc<RunningWorkspace>,
+    watcher: JoinHandle<()>,
+}
+
+type Running = Arc<Mutex<HashMap<String, Entry>>>;
+type Events = Arc<Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>>;
+
+pub struct NodeBackend {
+    node: Arc<Node>,
+    running: Running,
+    events: Events,
+}
+
+fn map_err(e: NodeError) -> BackendError {
+    match e {
+        NodeError::Invalid { field, reason } => BackendError::Invalid {
+            field: field.to_string(),
+            reason,
+        },
+        NodeError::AddressesExhausted(m) => {
+            BackendError::Capacity(format!("no free address left in {m}"))
+        }
+        other => BackendError::Failed(other.to_string()),
+    }
+}
+
+fn node_spec(s: &BootSpec) -> WorkspaceSpec {
+    WorkspaceSpec {
+        id: Some(s.id.clone()),
+        image: s.image.clone(),
+        cpus: s.cpus,
+        memory_mb: s.memory_mb,
+        disk_size_mb: s.disk_size_mb,
+        env: s.env.clone(),
+        cmd: s.cmd.clone(),
+        persistent: s.persistent,
+        die_with_owner: false,
+    }
+}
+
+fn booted(ws: &RunningWorkspace) -> Booted {
+    Booted {
+        internal_ip: ws.guest_ip.to_string(),
+        agent_token: ws.api_token.clone(),
+        report: serde_json::to_value(&ws.report).unwrap_or_default(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NodeBackend {
+    pub fn new(node: Node) -> Self {
+        NodeBackend {
+            node: Arc::new(node),
+            running: Default::default(),
+            events: Default::default(),
+        }
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    fn register(&self, ws: RunningWorkspace) -> Booted {
+        let b = booted(&ws);
+        let id = ws.id.clone();
+        let ws = Arc::new(ws);
+        let watcher = tokio::spawn(
+            watch(
+                ws.clone(),
+                self.node.clone(),
+                self.running.clone(),
+                self.events.clone(),
+            )
+            .instrument(tracing::info_span!("workspace", workspace_id = %id)),
+        );
+        let old = lock(&self.running).insert(id, Entry { ws, watcher });
+        if let Some(old) = old {
+            old.watcher.abort();
+        }
+        b
+    }
+
+    /// Take a running workspace out, stop its watcher and return sole ownership.
+    async fn take(&self, id: &str) -> Option<RunningWorkspace> {
+        let entry = lock(&self.running).remove(id)?;
+        entry.watcher.abort();
+        let _ = entry.watcher.await;
+        let mut ws = entry.ws;
+        // Pause/resume may hold a clone for a moment.
+        for _ in 0..100 {
+            match Arc::try_unwrap(ws) {
+                Ok(w) => return Some(w),
+                Err(back) => {
+                    ws = back;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        tracing::error!(workspace_id = id, "workspace still in use; killing its VM");
+        let _ = ws.vm.kill().await;
+        None
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<RunningWorkspace>> {
+        lock(&self.running).get(id).map(|e| e.ws.clone())
+    }
+}
+
+/// Report the workspace's cmd exits and an unexpected end of its VM; on the latter,
+/// release the VM's host resources (tap) and keep its disk.
+async fn watch(ws: Arc<RunningWorkspace>, node: Arc<Node>, running: Running, events: Events) {
+    let send = |ev: BackendEvent| {
+        if let Some(tx) = lock(&events).as_ref() {
+            let _ = tx.send(ev);
+        }
+    };
+    let detail = loop {
+        tokio::select! {
+            m = async { ws.events.lock().await.recv().await } => match m {
+                Some(GuestMessage::CmdExited { exit_code }) => {
+                    send(BackendEvent::CmdExited { id: ws.id.clone(), exit_code });
+                }
+                Some(_) => {}
+                None => {
+                    let exit = ws.vm.wait_timeout(Duration::from_secs(10)).await;
+                    break format!("the control channel closed; VM exit: {exit:?}");
+                }
+            },
+            exit = ws.vm.wait() => break format!("the VM exited: {exit:?}"),
+        }
+    };
+    tracing::warn!(detail, "workspace VM ended on its own");
+    let id = ws.id.clone();
+    let ours = {
+        let mut m = lock(&running);
+        match m.get(&id) {
+            Some(e) if Arc::ptr_eq(&e.ws, &ws) => m.remove(&id).is_some(),
+            _ => false,
+        }
+    };
+    if ours {
+        if let Ok(w) = Arc::try_unwrap(ws) {
+            if let Err(e) = node.stop(w, Duration::ZERO).await {
+                tracing::warn!(error = %e, "cleaning up after the VM failed");
+            }
+        }
+        send(BackendEvent::VmExited { id, detail });
+    }
+}
+
+fn category(name: &str) -> &'static str {
+    if name.starts_with("postgres") {
+        "database"
+    } else if name.starts_with("python") || name.starts_with("node") {
+        "runtime"
+    } else {
+        "os"
+    }
+}
+
+#[async_trait]
+impl WorkspaceBackend for NodeBackend {
+    fn limits(&self) -> Limits {
+        let c = &self.node.config;
+        Limits {
+            max_cpus: c.max_cpus,
+            max_memory_mb: c.max_memory_mb,
+            max_disk_mb: c.max_disk_mb,
+        }
+    }
+
+    fn validate(&self, spec: &BootSpec) -> Result<(), BackendError> {
+        self.node.validate(&node_spec(spec)).map_err(map_err)
+    }
+
+    fn images(&self) -> Vec<ImageInfo> {
+        self.node
+            .images()
+            .catalog()
+            .iter()
+            .map(|e| ImageInfo {
+                id: e.name.clone(),
+                image: e.name.clone(),
+                label: e.name.clone(),
+                desc: e.description.clone(),
+                category: category(&e.name).into(),
+            })
+            .collect()
+    }
+
+    async fn create(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        // Leftovers of an interrupted attempt with this id go first.
+        if let Some(ws) = self.take(&spec.id).await {
+            let _ = self.node.destroy(ws, Duration::ZERO).await;
+        }
+        self.node.remove(&spec.id).map_err(map_err)?;
+        let ws = self
+            .node
+            .create(&node_spec(spec), &warren_images::NoProgress)
+            .await
+            .map_err(map_err)?;
+        Ok(self.register(ws))
+    }
+
+    async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        if let Some(ws) = self.get(&spec.id) {
+            return Ok(booted(&ws));
+        }
+        let ws = self
+            .node
+            .start(&node_spec(spec), &warren_images::NoProgress)
+            .await
+            .map_err(map_err)?;
+        Ok(self.register(ws))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
+        match self.take(id).await {
+            Some(ws) => self.node.stop(ws, grace).await.map_err(map_err),
+            None => Ok(()),
+        }
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        let ws = self
+            .get(id)
+            .ok_or_else(|| BackendError::NotRunning(id.into()))?;
+        ws.vm
+            .pause()
+            .await
+            .map_err(|e| BackendError::Failed(e.to_string()))
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), BackendError> {
+        let ws = self
+            .get(id)
+            .ok_or_else(|| BackendError::NotRunning(id.into()))?;
+        ws.vm
+            .resume()
+            .await
+            .map_err(|e| BackendError::Failed(e.to_string()))
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        if let Some(ws) = self.take(id).await {
+            self.node
+                .destroy(ws, Duration::ZERO)
+                .await
+                .map_err(map_err)?;
+        }
+        self.node.remove(id).map_err(map_err)
+    }
+
+    async fn adopt(&self, spec: &BootSpec) -> Result<Option<Booted>, BackendError> {
+        if let Some(ws) = self.get(&spec.id) {
+            return Ok(Some(booted(&ws)));
+        }
+        match self.node.adopt(&node_spec(spec)).await.map_err(map_err)? {
+            Some(ws) => Ok(Some(self.register(ws))),
+            None => Ok(None),
+        }
+    }
+
+    async fn reconcile(&self, keep: &HashSet<String>) -> Result<serde_json::Value, BackendError> {
+        let running: HashSet<String> = lock(&self.running).keys().cloned().collect();
+        let r = warren_node::reconcile::reconcile(
+            &self.node.config.data_dir,
+            self.node.pool(),
+            warren_node::reconcile::Scope::All,
+            &|id| keep.contains(id) || running.contains(id),
+        );
+        Ok(serde_json::json!({
+            "vms_killed": r.vms_killed,
+            "leases_released": r.leases_released,
+            "dirs_removed": r.dirs_removed,
+        }))
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        lock(&self.running).contains_key(id)
+    }
+
+    fn boot_log(&self, id: &str) -> Option<String> {
+        let p = self.node.workspace_dir(id).join("console.log");
+        std::fs::read(p)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    fn stats(&self, id: &str) -> Option<serde_json::Value> {
+        let ws = self.get(id)?;
+        let pid = ws.vm.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        Some(serde_json::json!({
+            "vmm_pid": pid,
+            "rss_bytes": kb("VmRSS:").map(|k| k * 1024),
+            "threads": status.lines().find_map(|l| l.strip_prefix("Threads:")).map(|v| v.trim().to_string()),
+        }))
+    }
+
+    fn set_events(&self, tx: mpsc::UnboundedSender<BackendEvent>) {
+        *lock(&self.events) = Some(tx);
+    }
+}

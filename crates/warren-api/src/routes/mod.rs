@@ -1,0 +1,111 @@
+//! The HTTP routes. Paths, methods and bodies follow the `oblien` client (v2.4.0).
+
+mod access;
+mod info;
+mod lifecycle;
+mod power;
+pub mod unimplemented;
+mod workspaces;
+
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde_json::Value;
+use warren_state::Workspace;
+
+pub fn router(state: AppState) -> Router {
+    let r = Router::new()
+        .route("/health", get(info::health))
+        .route("/openapi.json", get(info::openapi))
+        .route("/workspace", get(workspaces::list).post(workspaces::create))
+        .route("/workspace/quota", get(info::quota))
+        .route("/workspace/images", get(info::images))
+        .route(
+            "/workspace/{id}",
+            get(workspaces::get)
+                .put(workspaces::update)
+                .delete(workspaces::delete),
+        )
+        .route(
+            "/workspace/{id}/provisioning/retry",
+            post(workspaces::retry),
+        )
+        .route("/workspace/{id}/details", get(info::details))
+        .route("/workspace/{id}/info", get(info::info))
+        .route("/workspace/{id}/config", get(info::config))
+        .route("/workspace/{id}/stats", get(info::stats))
+        .route("/workspace/{id}/start", post(power::start))
+        .route("/workspace/{id}/stop", post(power::stop))
+        .route("/workspace/{id}/restart", post(power::restart))
+        .route("/workspace/{id}/pause", post(power::pause))
+        .route("/workspace/{id}/resume", post(power::resume))
+        .route("/workspace/{id}/ping", post(lifecycle::ping))
+        .route(
+            "/workspace/{id}/lifecycle",
+            get(lifecycle::get).delete(workspaces::delete),
+        )
+        .route(
+            "/workspace/{id}/lifecycle/permanent",
+            post(lifecycle::permanent),
+        )
+        .route(
+            "/workspace/{id}/lifecycle/temporary",
+            post(lifecycle::temporary),
+        )
+        .route("/workspace/{id}/lifecycle/ttl", put(lifecycle::ttl))
+        .route(
+            "/workspace/{id}/metadata",
+            get(info::metadata_get)
+                .put(info::metadata_put)
+                .patch(info::metadata_patch),
+        )
+        .route("/workspace/{id}/logs", get(info::logs))
+        .route("/workspace/{id}/logs/list", get(info::logs_list))
+        .route("/workspace/{id}/logs/file/{name}", get(info::logs_file))
+        .route("/workspace/{id}/runtime-api-access", get(access::status))
+        .route(
+            "/workspace/{id}/runtime-api-access/enable",
+            post(access::enable),
+        )
+        .route(
+            "/workspace/{id}/runtime-api-access/disable",
+            post(access::disable),
+        )
+        .route(
+            "/workspace/{id}/runtime-api-access/token",
+            get(access::get_token).post(access::rotate_token),
+        )
+        .route(
+            "/workspace/{id}/runtime-api-access/token/raw",
+            get(access::raw_token),
+        );
+    let r = unimplemented::add(r);
+    r.fallback(not_found).with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+/// A JSON body (empty: `{}`); malformed JSON is a 422 naming the body.
+pub fn json_body(b: &Bytes) -> ApiResult<Value> {
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(b).map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))
+}
+
+/// The client's workspace by id or slug, or 404.
+pub async fn find(st: &AppState, client_id: &str, id: &str) -> ApiResult<Workspace> {
+    st.manager
+        .store
+        .client_workspace(client_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace", id))
+}

@@ -1,0 +1,389 @@
+//! Endpoints of the client that belong to later work: each answers 501 with a problem
+//! body naming the feature and the issue it waits on. Never a fake success.
+
+use crate::auth::Authed;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+
+/// (method, path, feature, issue it waits on).
+pub const LATER: &[(&str, &str, &str, &str)] = &[
+    (
+        "GET",
+        "/workspace/estimate",
+        "cost estimates",
+        "billing (not planned for self-hosting)",
+    ),
+    (
+        "GET",
+        "/workspace/usage",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "GET",
+        "/workspace/activity",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/usage",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/usage",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/usage/totals",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/usage/credits/chart",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/usage/tracking/start",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/usage/tracking/stop",
+        "usage accounting",
+        "the usage and metering issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/network",
+        "network policy",
+        "the networking policy (nftables) issue",
+    ),
+    (
+        "PATCH",
+        "/workspace/{id}/network",
+        "network policy",
+        "the networking policy (nftables) issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/network/ip",
+        "outbound IPs",
+        "the networking policy (nftables) issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/ssh",
+        "SSH access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/ssh/enable",
+        "SSH access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/ssh/disable",
+        "SSH access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/ssh/password",
+        "SSH access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/ssh/key",
+        "SSH access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/desktop/install",
+        "desktops",
+        "a later desktop issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/desktop/installation",
+        "desktops",
+        "a later desktop issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/desktop/ssh",
+        "desktops",
+        "a later desktop issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/public-access",
+        "public access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/public-access",
+        "public access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "PATCH",
+        "/workspace/{id}/public-access/{port}",
+        "public access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/public-access/{port}",
+        "public access",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/domain",
+        "custom domains",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/domain",
+        "custom domains",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/domain",
+        "custom domains",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/domain/check",
+        "custom domains",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/domain/ssl/renew",
+        "custom domains",
+        "the edge proxy and SSH gateway issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/resources",
+        "resizing",
+        "the resources issue",
+    ),
+    (
+        "PUT",
+        "/workspace/{id}/resources",
+        "resizing",
+        "the resources issue",
+    ),
+    (
+        "PATCH",
+        "/workspace/{id}/resources",
+        "resizing",
+        "the resources issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/snapshot",
+        "snapshots",
+        "the templates and snapshots issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/restore",
+        "snapshots",
+        "the templates and snapshots issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/archives",
+        "archives",
+        "the templates and snapshots issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/archives",
+        "archives",
+        "the templates and snapshots issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/archives",
+        "archives",
+        "the templates and snapshots issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/archives/{version}",
+        "archives",
+        "the templates and snapshots issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/archives/{version}",
+        "archives",
+        "the templates and snapshots issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/workloads",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/workloads",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads/stats/stream",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads/{wid}",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "PUT",
+        "/workspace/{id}/workloads/{wid}",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "PATCH",
+        "/workspace/{id}/workloads/{wid}",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/workloads/{wid}",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/workloads/{wid}/start",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "POST",
+        "/workspace/{id}/workloads/{wid}/stop",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads/{wid}/status",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads/{wid}/logs",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads/{wid}/stats",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads/{wid}/stats/stream",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/workloads/{wid}/logs/stream",
+        "managed workloads",
+        "the workloads and terminals issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/stats/stream",
+        "metrics streams",
+        "the metrics issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/logs/stream/boot",
+        "log streams",
+        "the metrics issue",
+    ),
+    (
+        "GET",
+        "/workspace/{id}/logs/stream/cmd",
+        "log streams",
+        "the metrics issue",
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/logs",
+        "clearing logs",
+        "the metrics issue",
+    ),
+    (
+        "PUT",
+        "/workspace/{id}/lifecycle/idle",
+        "idle suspend",
+        "the templates and snapshots issue",
+    ),
+    ("GET", "/namespaces", "namespaces", "the namespaces issue"),
+    ("POST", "/namespaces", "namespaces", "the namespaces issue"),
+    ("POST", "/tokens", "scoped tokens", "the tenancy issue"),
+];
+
+fn method(m: &str) -> MethodFilter {
+    match m {
+        "POST" => MethodFilter::POST,
+        "PUT" => MethodFilter::PUT,
+        "PATCH" => MethodFilter::PATCH,
+        "DELETE" => MethodFilter::DELETE,
+        _ => MethodFilter::GET,
+    }
+}
+
+/// Add every later endpoint to `r`. Paths given twice (several methods) share a
+/// method router.
+pub fn add(mut r: Router<AppState>) -> Router<AppState> {
+    for (m, path, feature, issue) in LATER {
+        let handler = move |_: Authed| async move { ApiError::not_implemented(feature, issue) };
+        r = r.route(path, on(method(m), handler));
+    }
+    r
+}

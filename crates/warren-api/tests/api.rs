@@ -1,0 +1,835 @@
+//! The API against a test backend (no VMs): authentication, validation, idempotency,
+//! state transitions, TTL, errors, 501s, gateway tokens and the OpenAPI document. The
+//! same behaviour against real VMs is covered by warren-cli's server tests and by
+//! tests/compat.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use warren_api::backend::{
+    BackendError, BackendEvent, BootSpec, Booted, ImageInfo, Limits, WorkspaceBackend,
+};
+use warren_api::{ApiConfig, AppState, Manager};
+use warren_gateway::GatewayKeys;
+use warren_state::Store;
+
+/// Records calls; boots instantly with a made-up address. It stands in for the node
+/// so these tests can count what the API asked of it.
+#[derive(Default)]
+struct TestBackend {
+    calls: Mutex<Vec<String>>,
+    fail_create: AtomicBool,
+    running: Mutex<HashSet<String>>,
+    events: Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>,
+}
+
+impl TestBackend {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn record(&self, c: String) {
+        self.calls.lock().unwrap().push(c);
+    }
+    fn emit(&self, ev: BackendEvent) {
+        if let Some(tx) = self.events.lock().unwrap().as_ref() {
+            tx.send(ev).unwrap();
+        }
+    }
+}
+
+#[async_trait]
+impl WorkspaceBackend for TestBackend {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_cpus: 4,
+            max_memory_mb: 4096,
+            max_disk_mb: 10240,
+        }
+    }
+    fn validate(&self, spec: &BootSpec) -> Result<(), BackendError> {
+        if spec.cpus > 4 {
+            return Err(BackendError::Invalid {
+                field: "cpus".into(),
+                reason: "out of range 1-4".into(),
+            });
+        }
+        if spec.memory_mb < 128 || spec.memory_mb > 4096 {
+            return Err(BackendError::Invalid {
+                field: "memory_mb".into(),
+                reason: "out of range 128-4096".into(),
+            });
+        }
+        Ok(())
+    }
+    fn images(&self) -> Vec<ImageInfo> {
+        vec![ImageInfo {
+            id: "busybox".into(),
+            image: "busybox".into(),
+            label: "busybox".into(),
+            desc: "tiny".into(),
+            category: "os".into(),
+        }]
+    }
+    async fn create(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        self.record(format!("create {}", spec.id));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.fail_create.load(Ordering::SeqCst) {
+            return Err(BackendError::Failed("the image does not exist".into()));
+        }
+        self.running.lock().unwrap().insert(spec.id.clone());
+        Ok(Booted {
+            internal_ip: "10.88.0.6".into(),
+            agent_token: "tok".into(),
+            report: json!({}),
+        })
+    }
+    async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        self.record(format!("start {}", spec.id));
+        self.running.lock().unwrap().insert(spec.id.clone());
+        Ok(Booted {
+            internal_ip: "10.88.0.6".into(),
+            agent_token: "tok2".into(),
+            report: json!({}),
+        })
+    }
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), BackendError> {
+        self.record(format!("stop {id}"));
+        self.running.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("pause {id}"));
+        Ok(())
+    }
+    async fn resume(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("resume {id}"));
+        Ok(())
+    }
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("remove {id}"));
+        self.running.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn adopt(&self, _spec: &BootSpec) -> Result<Option<Booted>, BackendError> {
+        Ok(None)
+    }
+    async fn reconcile(&self, _keep: &HashSet<String>) -> Result<Value, BackendError> {
+        Ok(json!({}))
+    }
+    fn is_running(&self, id: &str) -> bool {
+        self.running.lock().unwrap().contains(id)
+    }
+    fn boot_log(&self, _id: &str) -> Option<String> {
+        Some("line one\nline two\nline three\n".into())
+    }
+    fn stats(&self, _id: &str) -> Option<Value> {
+        None
+    }
+    fn set_events(&self, tx: mpsc::UnboundedSender<BackendEvent>) {
+        *self.events.lock().unwrap() = Some(tx);
+    }
+}
+
+struct Api {
+    url: String,
+    id: String,
+    secret: String,
+    http: reqwest::Client,
+    backend: Arc<TestBackend>,
+    keys: GatewayKeys,
+}
+
+impl Api {
+    async fn start(tweak: impl FnOnce(&mut ApiConfig)) -> Api {
+        let store = Store::open_in_memory().await.unwrap();
+        let c = store.create_client("admin", true).await.unwrap();
+        let backend = Arc::new(TestBackend::default());
+        let keys = GatewayKeys::from_secret(b"test-secret-test-secret-test-sec");
+        let mut config = ApiConfig {
+            default_image: "busybox".into(),
+            ttl_check_interval: Duration::from_millis(100),
+            ..ApiConfig::default()
+        };
+        config.capacity.max_memory_mb = 100_000;
+        tweak(&mut config);
+        let (tx, rx) = mpsc::unbounded_channel();
+        backend.set_events(tx);
+        let manager = Manager::new(store, backend.clone(), config, keys.clone());
+        manager.startup().await.unwrap();
+        manager.spawn_background(rx);
+        let app = warren_api::router(AppState::new(manager));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        Api {
+            url,
+            id: c.client.id,
+            secret: c.secret,
+            http: reqwest::Client::new(),
+            backend,
+            keys,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self
+            .http
+            .request(m, format!("{}{}", self.url, path))
+            .header("X-Client-ID", &self.id)
+            .header("X-Client-Secret", &self.secret);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn wait_for(&self, id: &str, what: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..100 {
+            let (s, b) = self.call("GET", &format!("/workspace/{id}"), None).await;
+            if s == 200 && what(&b["workspace"]) {
+                return b["workspace"].clone();
+            }
+            if s == 404 && what(&Value::Null) {
+                return Value::Null;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("workspace {id} never reached the expected state");
+    }
+
+    async fn total(&self) -> i64 {
+        let (_, b) = self.call("GET", "/workspace", None).await;
+        b["total"].as_i64().unwrap()
+    }
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["error"], body["message"], "{body}");
+    assert!(
+        body["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_checked() {
+    let api = Api::start(|_| {}).await;
+    let r = api
+        .http
+        .get(format!("{}/workspace", api.url))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    assert_error(s, &r.json().await.unwrap(), 401, "missing_credentials");
+    let r = api
+        .http
+        .get(format!("{}/workspace", api.url))
+        .header("X-Client-ID", &api.id)
+        .header("X-Client-Secret", "wsk_wrong")
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    assert_error(s, &r.json().await.unwrap(), 401, "invalid_credentials");
+    let r = api
+        .http
+        .get(format!("{}/workspace", api.url))
+        .bearer_auth(format!("{}:{}", api.id, api.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["success"].clone(), b["total"].clone()),
+        (json!(true), json!(0))
+    );
+    // Public: health and the OpenAPI document.
+    let r = api
+        .http
+        .get(format!("{}/openapi.json", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn invalid_fields_get_422_naming_them_and_change_nothing() {
+    let api = Api::start(|_| {}).await;
+    let cases = [
+        (json!({"cpus": 0}), "cpus"),
+        (json!({"cpus": 64}), "cpus"),
+        (json!({"memory_mb": "lots"}), "memory_mb"),
+        (json!({"memory_mb": 64}), "memory_mb"),
+        (json!({"mode": "forever"}), "mode"),
+        (json!({"slug": "NO"}), "slug"),
+        (json!({"name": ""}), "name"),
+        (json!({"image": "two words"}), "image"),
+        (json!({"config": {"ttl": "soon"}}), "config.ttl"),
+        (
+            json!({"config": {"ttl_action": "explode"}}),
+            "config.ttl_action",
+        ),
+        (json!({"config": {"env": ["NOVALUE"]}}), "config.env"),
+        (
+            json!({"config": {"restart_policy": "sometimes"}}),
+            "config.restart_policy",
+        ),
+        (json!({"config": 7}), "config"),
+        (json!({"wait_ready": "yes"}), "wait_ready"),
+    ];
+    for (body, field) in cases {
+        let (s, b) = api.call("POST", "/workspace", Some(body.clone())).await;
+        assert_error(s, &b, 422, "validation_error");
+        assert_eq!(b["details"]["field"], field, "{body} -> {b}");
+    }
+    // Malformed JSON too.
+    let r = api
+        .http
+        .post(format!("{}/workspace", api.url))
+        .header("X-Client-ID", &api.id)
+        .header("X-Client-Secret", &api.secret)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    assert_error(s, &r.json().await.unwrap(), 422, "validation_error");
+    assert_eq!(api.total().await, 0);
+    assert!(api.backend.calls().is_empty(), "{:?}", api.backend.calls());
+
+    // A valid create, then invalid updates leave it as it was.
+    let (s, b) = api
+        .call("POST", "/workspace", Some(json!({"name": "keep"})))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    let before = api.wait_for(&id, |w| w["ready"] == true).await;
+    for (body, field) in [
+        (json!({"slug": "Bad Slug"}), "slug"),
+        (json!({"name": 5}), "name"),
+        (json!({"config": {"ttl": -1}}), "config.ttl"),
+    ] {
+        let (s, b) = api
+            .call("PUT", &format!("/workspace/{id}"), Some(body))
+            .await;
+        assert_error(s, &b, 422, "validation_error");
+        assert_eq!(b["details"]["field"], field);
+    }
+    let (s, b) = api
+        .call(
+            "PUT",
+            &format!("/workspace/{id}/lifecycle/ttl"),
+            Some(json!({"ttl": "1y"})),
+        )
+        .await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, b) = api
+        .call(
+            "PUT",
+            &format!("/workspace/{id}/metadata"),
+            Some(json!({"metadata": {"a": 1}})),
+        )
+        .await;
+    assert_error(s, &b, 422, "validation_error");
+    let (_, after) = api.call("GET", &format!("/workspace/{id}"), None).await;
+    assert_eq!(after["workspace"], before);
+    let (_, m) = api
+        .call("GET", &format!("/workspace/{id}/metadata"), None)
+        .await;
+    assert_eq!(m["metadata"], json!({}));
+}
+
+#[tokio::test]
+async fn same_idempotency_key_never_creates_two() {
+    let api = Arc::new(Api::start(|_| {}).await);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            api.call(
+                "POST",
+                "/workspace",
+                Some(json!({"idempotency_key": "k-1", "name": "once"})),
+            )
+            .await
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (s, b) = t.await.unwrap();
+        assert!(s == 200 || s == 201, "{s} {b}");
+        if b["created"] == true {
+            created += 1;
+        }
+        ids.insert(b["workspace"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(created, 1);
+    let id = ids.into_iter().next().unwrap();
+    api.wait_for(&id, |w| w["ready"] == true).await;
+    assert_eq!(api.total().await, 1);
+    let creates = api
+        .backend
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("create"))
+        .count();
+    assert_eq!(creates, 1, "{:?}", api.backend.calls());
+    // Another key makes another workspace.
+    let (s, _) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"idempotency_key": "k-2"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(api.total().await, 2);
+}
+
+#[tokio::test]
+async fn lifecycle_of_a_workspace() {
+    let api = Api::start(|_| {}).await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"name": "one", "slug": "one-ws", "cpus": 2, "config": {"env": ["A=1"]}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let w = &b["workspace"];
+    let id = w["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("ws_"));
+    assert_eq!(w["resources"]["cpus"], 2);
+    assert_eq!(w["image"], "busybox");
+    assert!(["queued", "running", "ready"].contains(&w["provisioning"]["state"].as_str().unwrap()));
+    let w = api.wait_for(&id, |w| w["ready"] == true).await;
+    assert_eq!(w["status"], "running");
+    assert_eq!(w["info"]["is_running"], true);
+    assert_eq!(w["provisioning"]["state"], "ready");
+    assert_eq!(w["internal_ip"], "10.88.0.6");
+    // By slug too.
+    let (s, b) = api.call("GET", "/workspace/one-ws", None).await;
+    assert_eq!((s, b["workspace"]["id"].clone()), (200, json!(id)));
+
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/stop"), None)
+        .await;
+    assert_eq!((s, b["status"].clone()), (200, json!("stopped")), "{b}");
+    assert_eq!(b["workspace"]["ready"], false);
+    assert_eq!(b["workspace"]["info"]["user_requested_stop"], true);
+    // Stop is safe to repeat.
+    let (s, _) = api
+        .call("POST", &format!("/workspace/{id}/stop"), None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/pause"), None)
+        .await;
+    assert_error(s, &b, 409, "conflict");
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/start"), None)
+        .await;
+    assert_eq!((s, b["status"].clone()), (200, json!("running")), "{b}");
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/pause"), None)
+        .await;
+    assert_eq!((s, b["status"].clone()), (200, json!("paused")), "{b}");
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/resume"), None)
+        .await;
+    assert_eq!((s, b["status"].clone()), (200, json!("running")), "{b}");
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/restart"), None)
+        .await;
+    assert_eq!((s, b["status"].clone()), (200, json!("running")), "{b}");
+    assert_eq!(
+        api.backend.calls()[1..],
+        [
+            format!("stop {id}"),
+            format!("start {id}"),
+            format!("pause {id}"),
+            format!("resume {id}"),
+            format!("stop {id}"),
+            format!("start {id}")
+        ]
+    );
+
+    // Update and metadata.
+    let (s, b) = api
+        .call(
+            "PUT",
+            &format!("/workspace/{id}"),
+            Some(json!({"name": "renamed", "config": {"note": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["workspace"]["name"], "renamed");
+    assert_eq!(b["workspace"]["config"]["note"], "x");
+    assert_eq!(b["workspace"]["config"]["env"], json!(["A=1"]));
+    let (_, b) = api
+        .call(
+            "PUT",
+            &format!("/workspace/{id}/metadata"),
+            Some(json!({"metadata": {"a": "1"}})),
+        )
+        .await;
+    assert_eq!(b["metadata"], json!({"a": "1"}));
+    let (_, b) = api
+        .call(
+            "PATCH",
+            &format!("/workspace/{id}/metadata"),
+            Some(json!({"metadata": {"b": "2"}})),
+        )
+        .await;
+    assert_eq!(b["metadata"], json!({"a": "1", "b": "2"}));
+    let (_, b) = api
+        .call("GET", &format!("/workspace/{id}/logs?tail_lines=2"), None)
+        .await;
+    assert_eq!(b["lines"], json!(["line two", "line three"]));
+    let (_, b) = api
+        .call("GET", &format!("/workspace/{id}/details"), None)
+        .await;
+    let ops: Vec<&str> = b["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["op"].as_str().unwrap())
+        .collect();
+    assert!(ops.starts_with(&["create", "provision", "stop"]), "{ops:?}");
+
+    // Lifecycle conversions.
+    let (s, b) = api
+        .call(
+            "POST",
+            &format!("/workspace/{id}/lifecycle/temporary"),
+            Some(json!({"ttl": "1h", "ttl_action": "stop"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["mode"].clone(), b["ttl_seconds"].clone()),
+        (json!("temporary"), json!(3600))
+    );
+    assert!(b["expires_at"].is_string());
+    let (_, b) = api
+        .call(
+            "POST",
+            &format!("/workspace/{id}/lifecycle/permanent"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (b["mode"].clone(), b["expires_at"].clone()),
+        (json!("permanent"), Value::Null)
+    );
+
+    // Delete is accepted and completes in the background.
+    let (s, b) = api.call("DELETE", &format!("/workspace/{id}"), None).await;
+    assert_eq!(
+        (s, b["accepted"].clone(), b["success"].clone()),
+        (202, json!(true), json!(true))
+    );
+    api.wait_for(&id, |w| w.is_null()).await;
+    let (s, b) = api.call("GET", &format!("/workspace/{id}"), None).await;
+    assert_error(s, &b, 404, "not_found");
+    assert_eq!(api.backend.calls().last().unwrap(), &format!("remove {id}"));
+}
+
+#[tokio::test]
+async fn unknown_ids_and_later_features() {
+    let api = Api::start(|_| {}).await;
+    for (m, p) in [
+        ("GET", "/workspace/ws_nope"),
+        ("POST", "/workspace/ws_nope/start"),
+        ("DELETE", "/workspace/ws_nope"),
+        ("GET", "/workspace/ws_nope/runtime-api-access/token"),
+        ("PUT", "/workspace/ws_nope/metadata"),
+    ] {
+        let (s, b) = api.call(m, p, Some(json!({"metadata": {}}))).await;
+        assert_error(s, &b, 404, "not_found");
+        assert_eq!(b["details"]["workspace_id"], "ws_nope");
+    }
+    for (m, p, feature) in [
+        ("GET", "/workspace/ws_x/ssh", "SSH access"),
+        ("POST", "/workspace/ws_x/snapshot", "snapshots"),
+        ("GET", "/workspace/ws_x/network", "network policy"),
+        ("GET", "/workspace/ws_x/workloads", "managed workloads"),
+        ("GET", "/workspace/usage", "usage accounting"),
+    ] {
+        let (s, b) = api.call(m, p, None).await;
+        assert_error(s, &b, 501, "not_implemented");
+        assert_eq!(b["details"]["feature"], feature);
+        assert!(b["details"]["issue"].as_str().is_some());
+    }
+    let (s, b) = api
+        .call("POST", "/workspace", Some(json!({"namespace": "team-a"})))
+        .await;
+    assert_error(s, &b, 501, "not_implemented");
+    assert_eq!(api.total().await, 0);
+}
+
+#[tokio::test]
+async fn failed_creation_can_be_retried_or_deleted() {
+    let api = Api::start(|_| {}).await;
+    api.backend.fail_create.store(true, Ordering::SeqCst);
+    let (_, b) = api
+        .call("POST", "/workspace", Some(json!({"image": "nope"})))
+        .await;
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    let w = api
+        .wait_for(&id, |w| w["provisioning"]["state"] == "failed")
+        .await;
+    assert_eq!(w["provisioning"]["error"]["code"], "CREATE_FAILED");
+    assert!(w["provisioning"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("does not exist"));
+    assert_eq!(w["ready"], false);
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/start"), None)
+        .await;
+    assert_error(s, &b, 409, "conflict");
+    api.backend.fail_create.store(false, Ordering::SeqCst);
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/provisioning/retry"), None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["workspace"]["id"], json!(id));
+    api.wait_for(&id, |w| w["ready"] == true).await;
+    let (s, b) = api
+        .call("POST", &format!("/workspace/{id}/provisioning/retry"), None)
+        .await;
+    assert_error(s, &b, 409, "conflict");
+}
+
+#[tokio::test]
+async fn capacity_is_checked_before_anything_is_allocated() {
+    let api = Api::start(|c| {
+        c.capacity.max_workspaces_per_client = 1;
+        c.capacity.max_memory_mb = 1024;
+    })
+    .await;
+    let (s, b) = api
+        .call("POST", "/workspace", Some(json!({"memory_mb": 2048})))
+        .await;
+    assert_error(s, &b, 409, "POOL_LIMIT_REACHED");
+    let (s, _) = api
+        .call("POST", "/workspace", Some(json!({"memory_mb": 256})))
+        .await;
+    assert_eq!(s, 201);
+    let (s, b) = api
+        .call("POST", "/workspace", Some(json!({"memory_mb": 256})))
+        .await;
+    assert_error(s, &b, 409, "SANDBOX_LIMIT_REACHED");
+    assert_eq!(api.total().await, 1);
+}
+
+#[tokio::test]
+async fn ttl_expiry_acts_per_ttl_action_and_exit_removes() {
+    let api = Api::start(|_| {}).await;
+    let (_, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"mode": "temporary", "config": {"ttl": 1, "ttl_action": "stop"}})),
+        )
+        .await;
+    let stop_id = b["workspace"]["id"].as_str().unwrap().to_string();
+    let (_, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"mode": "temporary", "config": {"ttl": "1s", "ttl_action": "remove"}})),
+        )
+        .await;
+    let rm_id = b["workspace"]["id"].as_str().unwrap().to_string();
+    let (_, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"config": {"remove_on_exit": true, "cmd": "true"}})),
+        )
+        .await;
+    let exit_id = b["workspace"]["id"].as_str().unwrap().to_string();
+    api.wait_for(&exit_id, |w| w["ready"] == true).await;
+    api.backend.emit(BackendEvent::CmdExited {
+        id: exit_id.clone(),
+        exit_code: 0,
+    });
+
+    let w = api.wait_for(&stop_id, |w| w["status"] == "stopped").await;
+    assert_eq!(w["info"]["user_requested_stop"], false);
+    api.wait_for(&rm_id, |w| w.is_null()).await;
+    api.wait_for(&exit_id, |w| w.is_null()).await;
+    assert_eq!(api.total().await, 1);
+}
+
+#[tokio::test]
+async fn gateway_tokens_name_the_workspace_and_can_be_revoked() {
+    let api = Api::start(|c| c.gateway_url = "http://gw.example:1".into()).await;
+    let (_, b) = api.call("POST", "/workspace", None).await;
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    api.wait_for(&id, |w| w["ready"] == true).await;
+    let (_, st) = api
+        .call("GET", &format!("/workspace/{id}/runtime-api-access"), None)
+        .await;
+    assert_eq!(st["enabled"], false);
+    let (s, b) = api
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token"),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 409, "runtime_api_disabled");
+    let (_, en) = api
+        .call(
+            "POST",
+            &format!("/workspace/{id}/runtime-api-access/enable"),
+            None,
+        )
+        .await;
+    assert_eq!(en["enabled"], true);
+    assert_eq!(en["gateway_url"], "http://gw.example:1");
+    let claims = api.keys.verify(en["token"].as_str().unwrap()).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.gen), (id.as_str(), 0));
+    let (_, rot) = api
+        .call(
+            "POST",
+            &format!("/workspace/{id}/runtime-api-access/token"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        api.keys.verify(rot["token"].as_str().unwrap()).unwrap().gen,
+        1
+    );
+    let (_, raw) = api
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token/raw"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (raw["token"].clone(), raw["ip"].clone(), raw["port"].clone()),
+        (json!("tok"), json!("10.88.0.6"), json!(9990))
+    );
+    let (_, d) = api
+        .call(
+            "POST",
+            &format!("/workspace/{id}/runtime-api-access/disable"),
+            None,
+        )
+        .await;
+    assert_eq!(d["enabled"], false);
+    let (_, st) = api
+        .call("GET", &format!("/workspace/{id}/runtime-api-access"), None)
+        .await;
+    assert_eq!(st["enabled"], false);
+    // Stopped: no raw token.
+    api.call("POST", &format!("/workspace/{id}/stop"), None)
+        .await;
+    let (s, b) = api
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token/raw"),
+            None,
+        )
+        .await;
+    assert_error(s, &b, 409, "workspace_not_running");
+}
+
+#[tokio::test]
+async fn list_paginates_and_filters() {
+    let api = Api::start(|_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, b) = api
+            .call("POST", "/workspace", Some(json!({"name": format!("w{i}")})))
+            .await;
+        ids.push(b["workspace"]["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        api.wait_for(id, |w| w["ready"] == true).await;
+    }
+    api.call("POST", &format!("/workspace/{}/stop", ids[0]), None)
+        .await;
+    let (_, b) = api.call("GET", "/workspace?page=2&limit=2", None).await;
+    assert_eq!(
+        (b["total"].clone(), b["page"].clone(), b["limit"].clone()),
+        (json!(3), json!(2), json!(2))
+    );
+    assert_eq!(b["workspaces"].as_array().unwrap().len(), 1);
+    let (_, b) = api.call("GET", "/workspace?status=stopped", None).await;
+    assert_eq!(b["total"], 1);
+    assert_eq!(b["workspaces"][0]["id"], json!(ids[0]));
+    let (s, b) = api.call("GET", "/workspace?limit=0", None).await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, b) = api.call("GET", "/workspace?status=sleeping", None).await;
+    assert_error(s, &b, 422, "validation_error");
+    let (_, q) = api.call("GET", "/workspace/quota", None).await;
+    assert_eq!(q["usage"]["workspaces"], 3);
+    let (_, im) = api.call("GET", "/workspace/images?search=busy", None).await;
+    assert_eq!(im["images"][0]["id"], "busybox");
+}
+
+#[tokio::test]
+async fn every_documented_route_is_routed() {
+    let api = Api::start(|_| {}).await;
+    let routes = warren_api::openapi::ROUTES
+        .iter()
+        .map(|(m, p, ..)| (*m, *p))
+        .chain(
+            warren_api::routes::unimplemented::LATER
+                .iter()
+                .map(|(m, p, ..)| (*m, *p)),
+        );
+    for (m, p) in routes {
+        let path = p.replace("{id}", "ws_missing").replace(['{', '}'], "");
+        let (s, b) = api.call(m, &path, Some(json!({}))).await;
+        assert_ne!(s, 405, "{m} {p}: method not routed");
+        let unrouted = s == 404
+            && b["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no such endpoint"));
+        assert!(!unrouted, "{m} {p} is documented but not routed");
+    }
+}
+
+#[test]
+fn checked_in_openapi_document_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let want = warren_api::openapi::document_text();
+    if std::env::var_os("WARREN_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/openapi.json is stale: regenerate it with `WARREN_BLESS=1 cargo test -p warren-api --test api checked_in_openapi_document_is_current`"
+    );
+}

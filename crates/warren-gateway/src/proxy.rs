@@ -1,0 +1,250 @@
+//! Forwarding runtime API requests to the workspace's agent.
+
+use crate::tokens::{GatewayKeys, TokenError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures_util::TryStreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+use warren_protocol::runtime::{ErrorBody, API_PORT};
+use warren_state::{ObservedState, Store};
+
+#[derive(Clone)]
+pub struct GatewayState {
+    pub keys: GatewayKeys,
+    pub store: Store,
+    http: reqwest::Client,
+}
+
+impl GatewayState {
+    pub fn new(keys: GatewayKeys, store: Store) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(GatewayState { keys, store, http })
+    }
+}
+
+/// Every path goes to [`forward`].
+pub fn router(state: GatewayState) -> Router {
+    Router::new().fallback(forward).with_state(Arc::new(state))
+}
+
+struct GwError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl GwError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        GwError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for GwError {
+    fn into_response(self) -> Response {
+        let mut body =
+            serde_json::to_value(ErrorBody::new(self.code, self.message)).unwrap_or_default();
+        body["request_id"] = serde_json::Value::String(request_id());
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn request_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("req_{}", hex::encode(b))
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) and the ones we replace.
+fn skip_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "authorization"
+    )
+}
+
+/// The token from `Authorization: Bearer` or the `token` query parameter.
+fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_string());
+        }
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(|t| t.to_string())
+}
+
+/// The query string without the gateway's own `token` parameter.
+fn upstream_query(query: Option<&str>) -> String {
+    let Some(q) = query else {
+        return String::new();
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("token="))
+        .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", kept.join("&"))
+    }
+}
+
+async fn forward(State(st): State<Arc<GatewayState>>, req: Request) -> Response {
+    match forward_inner(&st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward_inner(st: &GatewayState, req: Request) -> Result<Response, GwError> {
+    let query = req.uri().query().map(str::to_string);
+    let token = bearer(req.headers(), query.as_deref()).ok_or_else(|| {
+        GwError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing gateway token: send Authorization: Bearer <token> from runtime-api-access",
+        )
+    })?;
+    let claims = st.keys.verify(&token).map_err(|e| match e {
+        TokenError::Expired => GwError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "the gateway token has expired: fetch a new one from runtime-api-access/token",
+        ),
+        other => GwError::new(StatusCode::UNAUTHORIZED, "unauthorized", other.to_string()),
+    })?;
+    let span = tracing::info_span!("gateway", workspace_id = %claims.sub);
+    async move {
+        let ws = st
+            .store
+            .workspace(&claims.sub)
+            .await
+            .map_err(|e| GwError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()))?
+            .ok_or_else(|| {
+                GwError::new(StatusCode::NOT_FOUND, "not_found", format!("workspace {} does not exist", claims.sub))
+            })?;
+        if !ws.api_access_enabled || ws.gateway_token_gen != claims.gen {
+            return Err(GwError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this gateway token was revoked (runtime API access disabled or token rotated)",
+            ));
+        }
+        let (Some(ip), Some(agent_token)) = (ws.internal_ip.as_deref(), ws.agent_token.as_deref())
+        else {
+            return Err(not_running(&ws.id, ws.observed_state));
+        };
+        if ws.observed_state != ObservedState::Running {
+            return Err(not_running(&ws.id, ws.observed_state));
+        }
+        let url = format!(
+            "http://{ip}:{API_PORT}{}{}",
+            req.uri().path(),
+            upstream_query(req.uri().query())
+        );
+        let (parts, body) = req.into_parts();
+        let mut out = st
+            .http
+            .request(parts.method.clone(), &url)
+            .bearer_auth(agent_token);
+        for (k, v) in parts.headers.iter() {
+            if !skip_header(k) {
+                out = out.header(k, v);
+            }
+        }
+        let body = reqwest::Body::wrap_stream(body.into_data_stream());
+        let resp = out.body(body).send().await.map_err(|e| {
+            GwError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                format!("the workspace's runtime API did not answer: {e}"),
+            )
+        })?;
+        tracing::debug!(method = %parts.method, path = parts.uri.path(), status = %resp.status(), "forwarded");
+        let mut builder = Response::builder().status(resp.status().as_u16());
+        for (k, v) in resp.headers().iter() {
+            if !skip_header(k) {
+                builder = builder.header(k, v);
+            }
+        }
+        // SSE through proxies in front of us must not be buffered either.
+        if resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+        {
+            builder = builder.header("x-accel-buffering", HeaderValue::from_static("no"));
+        }
+        let stream = resp.bytes_stream().map_err(std::io::Error::other);
+        builder
+            .body(Body::from_stream(stream))
+            .map_err(|e| GwError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", e.to_string()))
+    }
+    .instrument(span)
+    .await
+}
+
+fn not_running(id: &str, state: ObservedState) -> GwError {
+    GwError::new(
+        StatusCode::CONFLICT,
+        "workspace_not_running",
+        format!("workspace {id} is {state}: start it first"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_header_or_query_and_query_is_cleaned() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h, Some("a=1&token=abc")), Some("abc".into()));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer xyz"),
+        );
+        assert_eq!(bearer(&h, Some("token=abc")), Some("xyz".into()));
+        assert_eq!(bearer(&HeaderMap::new(), Some("a=1")), None);
+        assert_eq!(
+            upstream_query(Some("path=%2Fa&token=abc&x=1")),
+            "?path=%2Fa&x=1"
+        );
+        assert_eq!(upstream_query(Some("token=abc")), "");
+        assert_eq!(upstream_query(None), "");
+    }
+}

@@ -10,8 +10,14 @@ use crate::image::ImageConfig;
 pub enum Recipe {
     /// Debian's `busybox-static`: one static binary and a symlink per applet. Builds in seconds.
     Busybox,
-    /// `debootstrap --variant=minbase SUITE` plus `packages`. Takes minutes; built once per digest.
-    Debootstrap { packages: Vec<String> },
+    /// `debootstrap --variant=minbase --include=PACKAGES SUITE`, then `extra` installed with
+    /// `apt-get install --no-install-recommends` inside the new root (apt orders large
+    /// dependency graphs such as npm's correctly; debootstrap does not). Takes minutes; built
+    /// once per digest.
+    Debootstrap {
+        packages: Vec<String>,
+        extra: Vec<String>,
+    },
 }
 
 /// An image name the store can build by itself.
@@ -70,9 +76,10 @@ fn config(env: &[(&str, &str)], cmd: &[&str]) -> ImageConfig {
 }
 
 fn debootstrap(extra: &[&str]) -> Recipe {
-    let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
-    packages.extend(extra.iter().map(|s| s.to_string()));
-    Recipe::Debootstrap { packages }
+    Recipe::Debootstrap {
+        packages: BASE_PACKAGES.iter().map(|s| s.to_string()).collect(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -115,7 +122,7 @@ pub fn builtin() -> Vec<CatalogEntry> {
         CatalogEntry {
             name: "postgres-15".into(),
             aliases: strings(&["postgres:15", "postgresql-15"]),
-            description: "debian-12 plus PostgreSQL 15 (server and client)".into(),
+            description: "debian-12 plus PostgreSQL 15 (server and client; Debian cluster 15/main, start it with pg_ctlcluster 15 main start)".into(),
             recipe: debootstrap(&["postgresql-15", "postgresql-client-15"]),
             config: config(
                 &[
@@ -124,7 +131,6 @@ pub fn builtin() -> Vec<CatalogEntry> {
                         "PATH",
                         "/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                     ),
-                    ("PGDATA", "/var/lib/postgresql/data"),
                 ],
                 &["/bin/bash"],
             ),

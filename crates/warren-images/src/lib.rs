@@ -50,6 +50,21 @@
 //! A registry reference pinned by digest resolves from the cache without any network; a tag
 //! is re-checked with a `HEAD` and, if the registry is unreachable, the previous pull is used.
 //!
+//! # Cache layout
+//!
+//! ```text
+//! CACHE/images/sha256-<hex>/rootfs.ext4   the root file system (0444; attach read-only)
+//! CACHE/images/sha256-<hex>/config.json   ImageConfig
+//! CACHE/images/sha256-<hex>/meta.json     reference, digest, source, manifest digest, size
+//! CACHE/images/refs/<escaped reference>   what a catalog name or registry reference last resolved to
+//! CACHE/locks/sha256-<hex>.lock           per-digest build lock (flock)
+//! CACHE/tmp/build-<pid>-*/                in-progress builds: staging dir, downloads, mkfs output
+//! CACHE/debs/                             busybox-static .debs
+//! ```
+//!
+//! Layers are unpacked into `CACHE/tmp`, so the cache must sit on a file system that keeps
+//! ownership, modes and xattrs (ext4, xfs, btrfs; not a FUSE or vfat mount).
+//!
 //! # Why each dependency
 //!
 //! * `tokio` – `resolve` is async (the node agent and CLI are tokio programs); blocking work

@@ -18,7 +18,7 @@ use crate::error::{ImageError, IoContext};
 use crate::progress::Progress;
 
 /// Bump when a recipe's output changes in a way its inputs do not capture.
-pub(crate) const RECIPE_VERSION: u32 = 1;
+pub(crate) const RECIPE_VERSION: u32 = 2;
 
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 
@@ -38,12 +38,13 @@ pub(crate) fn recipe_digest(entry: &CatalogEntry, suite: &str, deb: Option<&Deb>
     );
     match &entry.recipe {
         Recipe::Busybox => s.push_str("recipe busybox\n"),
-        Recipe::Debootstrap { packages } => {
+        Recipe::Debootstrap { packages, extra } => {
             let mut p = packages.clone();
             p.sort();
             s.push_str(&format!(
-                "recipe debootstrap minbase\npackages {}\n",
-                p.join(",")
+                "recipe debootstrap minbase\npackages {}\nextra {}\n",
+                p.join(","),
+                extra.join(",")
             ));
         }
     }
@@ -123,7 +124,7 @@ pub(crate) fn busybox_deb(debs_dir: &Path, progress: &dyn Progress) -> Result<De
     }
     progress.phase(&format!("apt-get download {BUSYBOX_PACKAGE}"));
     let tmp = tempfile::Builder::new()
-        .prefix(".download-")
+        .prefix(&format!(".download-{}-", std::process::id()))
         .tempdir_in(debs_dir)
         .ctx("create a temporary directory in", debs_dir)?;
     let download = || {
@@ -307,63 +308,129 @@ pub(crate) fn build_busybox(
     Ok(())
 }
 
-/// Populate `staging` with `debootstrap --variant=minbase SUITE` plus `packages`.
+/// Run `cmd`, appending its output to `log` and turning lines that `phase_of` recognises
+/// into progress phases. Returns whether it succeeded and its last lines.
+fn run_logged(
+    cmd: &mut Command,
+    log: &mut fs::File,
+    progress: &dyn Progress,
+    phase_of: fn(&str) -> Option<String>,
+) -> Result<(bool, String), std::io::Error> {
+    cmd.env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    // stderr goes through a helper thread; both end up in the log, stdout drives progress.
+    let stderr = child.stderr.take();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let tx2 = tx.clone();
+    let err_thread = std::thread::spawn(move || {
+        if let Some(e) = stderr {
+            for line in BufReader::new(e).lines().map_while(Result::ok) {
+                let _ = tx2.send(line);
+            }
+        }
+    });
+    let stdout = child.stdout.take();
+    let out_thread = std::thread::spawn(move || {
+        if let Some(o) = stdout {
+            for line in BufReader::new(o).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let mut tail: VecDeque<String> = VecDeque::new();
+    for line in rx {
+        let _ = writeln!(log, "{line}");
+        if let Some(p) = phase_of(&line) {
+            progress.phase(&p);
+        }
+        tail.push_back(line);
+        if tail.len() > 25 {
+            tail.pop_front();
+        }
+    }
+    let _ = err_thread.join();
+    let _ = out_thread.join();
+    let status = child.wait()?;
+    Ok((status.success(), Vec::from(tail).join("\n")))
+}
+
+fn debootstrap_phase(line: &str) -> Option<String> {
+    line.strip_prefix("I: ")
+        .map(|m| format!("debootstrap: {m}"))
+}
+
+fn apt_phase(line: &str) -> Option<String> {
+    line.strip_prefix("Setting up ")
+        .or_else(|| line.strip_prefix("Unpacking "))
+        .map(|m| format!("apt-get install: {}", m.split(' ').next().unwrap_or(m)))
+}
+
+/// Mount /proc in the new root for package scripts; `unmount_below` takes it down.
+fn mount_proc(root: &Path) {
+    let target = root.join("proc");
+    let (Ok(src), Ok(tgt)) = (
+        std::ffi::CString::new("proc"),
+        std::ffi::CString::new(target.as_os_str().as_encoded_bytes()),
+    ) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not mount /proc in the new root; continuing without");
+    }
+}
+
+/// Populate `staging` with `debootstrap --variant=minbase SUITE` plus `packages` (via
+/// `--include`), then `extra` with `apt-get install --no-install-recommends` inside it:
+/// apt orders big dependency graphs (npm's) correctly, debootstrap does not.
 pub(crate) fn build_debootstrap(
     staging: &Path,
     suite: &str,
     mirror: &str,
     packages: &[String],
+    extra: &[String],
     log_path: &Path,
     progress: &dyn Progress,
 ) -> Result<(), ImageError> {
-    let what = format!("the debootstrap image ({suite} + {})", packages.join(" "));
+    let what = format!(
+        "the debootstrap image ({suite} + {})",
+        packages
+            .iter()
+            .chain(extra)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut log = fs::File::create(log_path).ctx("create", log_path)?;
     progress.phase(&format!("debootstrap {suite} (this takes a few minutes)"));
     let mut cmd = Command::new("debootstrap");
     cmd.arg("--variant=minbase");
     if !packages.is_empty() {
         cmd.arg(format!("--include={}", packages.join(",")));
     }
-    cmd.arg(suite)
-        .arg(staging)
-        .arg(mirror)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
+    cmd.arg(suite).arg(staging).arg(mirror);
+    let (ok, tail) = run_logged(&mut cmd, &mut log, progress, debootstrap_phase).map_err(|e| {
         ImageError::build(
             &what,
             format!("cannot run debootstrap ({e}); install it with apt-get install debootstrap"),
         )
     })?;
-    let mut log = fs::File::create(log_path).ctx("create", log_path)?;
-    // debootstrap reports on stderr; stdout is forwarded to the log from a helper thread.
-    let stdout = child.stdout.take();
-    let out_log = log_path.with_extension("stdout");
-    let out_thread = std::thread::spawn(move || {
-        if let (Some(s), Ok(mut f)) = (stdout, fs::File::create(&out_log)) {
-            let _ = std::io::copy(&mut BufReader::new(s), &mut f);
-        }
-    });
-    let mut tail: VecDeque<String> = VecDeque::new();
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = writeln!(log, "{line}");
-            if let Some(msg) = line.strip_prefix("I: ") {
-                progress.phase(&format!("debootstrap: {msg}"));
-            }
-            tail.push_back(line);
-            if tail.len() > 25 {
-                tail.pop_front();
-            }
-        }
-    }
-    let _ = out_thread.join();
-    let status = child.wait().ctx("wait for debootstrap", staging)?;
     unmount_below(staging);
-    if !status.success() {
+    if !ok {
         let dlog = staging.join("debootstrap/debootstrap.log");
-        let extra = fs::read_to_string(&dlog)
+        let extra_log = fs::read_to_string(&dlog)
             .ok()
             .map(|s| {
                 let lines: Vec<&str> = s.lines().collect();
@@ -373,11 +440,60 @@ pub(crate) fn build_debootstrap(
         return Err(ImageError::build(
             what,
             format!(
-                "debootstrap exited with {status}. Last output:\n{}\n{extra}\nCheck that the \
-                 mirror {mirror} is reachable and the package names exist in {suite}",
-                Vec::from(tail).join("\n")
+                "debootstrap failed. Last output:\n{tail}\n{extra_log}\nCheck that the mirror \
+                 {mirror} is reachable and the package names exist in {suite}"
             ),
         ));
+    }
+
+    if !extra.is_empty() {
+        progress.phase(&format!("apt-get install {}", extra.join(" ")));
+        // No services may start inside the build (postgresql's postinst tries to).
+        let policy = staging.join("usr/sbin/policy-rc.d");
+        write_file(&policy, "#!/bin/sh\nexit 101\n", 0o755)?;
+        let resolv = staging.join("etc/resolv.conf");
+        if fs::metadata(&resolv).is_err() {
+            let _ = fs::remove_file(&resolv);
+            let _ = fs::copy("/etc/resolv.conf", &resolv);
+        }
+        mount_proc(staging);
+        let apt = |args: &[&str], log: &mut fs::File| {
+            let mut c = Command::new("chroot");
+            c.arg(staging)
+                .arg("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .env("PATH", crate::catalog::STANDARD_PATH);
+            run_logged(&mut c, log, progress, apt_phase)
+        };
+        let result = apt(&["update", "-q"], &mut log).and_then(|(ok, tail)| {
+            if !ok {
+                return Ok((false, tail));
+            }
+            let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+            args.extend(extra.iter().map(|s| s.as_str()));
+            apt(&args, &mut log)
+        });
+        unmount_below(staging);
+        let _ = fs::remove_file(&policy);
+        match result {
+            Ok((true, _)) => {}
+            Ok((false, tail)) => {
+                return Err(ImageError::build(
+                    what,
+                    format!(
+                        "apt-get install in the new root failed. Last output:\n{tail}\nCheck \
+                         that the mirror {mirror} is reachable and the packages exist in {suite}"
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(ImageError::build(
+                    what,
+                    format!("cannot run chroot apt-get ({e})"),
+                ))
+            }
+        }
     }
     progress.phase("cleaning apt caches");
     clean_debian_root(staging)?;

@@ -95,7 +95,7 @@ pub struct ImageStoreConfig {
     #[serde(default)]
     pub registry_auth: Vec<RegistryCredential>,
     /// Registry hosts (`host` or `host:port`) spoken to over plain http. Loopback hosts
-    /// (localhost, 127.0.0.0/8, [::1]) always are.
+    /// (localhost, 127.0.0.0/8, `[::1]`) always are.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
 }
@@ -286,14 +286,20 @@ impl ImageStore {
         &self.catalog
     }
 
-    /// Remove build directories of processes that no longer exist.
+    /// Remove build and download directories of processes that no longer exist.
     fn clean_stale_tmp(&self) {
-        let Ok(rd) = fs::read_dir(&self.tmp) else {
-            return;
-        };
-        for e in rd.flatten() {
+        let entries = [&self.tmp, &self.debs]
+            .into_iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten());
+        for e in entries {
             let name = e.file_name().to_string_lossy().to_string();
-            let pid = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
+            // build-<pid>-*, remove-<pid>-*, .download-<pid>-*
+            let pid = name
+                .trim_start_matches('.')
+                .split('-')
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok());
             if let Some(pid) = pid {
                 if !pid_alive(pid) {
                     tracing::info!(dir = %e.path().display(), "removing leftovers of an interrupted build");
@@ -657,9 +663,9 @@ impl ImageStore {
                         (Recipe::Busybox, Some(deb)) => {
                             recipes::build_busybox(staging, &deb, scratch, p)?
                         }
-                        (Recipe::Debootstrap { packages }, _) => {
-                            recipes::build_debootstrap(staging, &suite, &mirror, packages, &log, p)?
-                        }
+                        (Recipe::Debootstrap { packages, extra }, _) => recipes::build_debootstrap(
+                            staging, &suite, &mirror, packages, extra, &log, p,
+                        )?,
                         (Recipe::Busybox, None) => {
                             return Err(ImageError::build(
                                 "the busybox image",

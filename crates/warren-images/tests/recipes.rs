@@ -131,3 +131,39 @@ async fn debian_12_builds_with_debootstrap() {
     let again = s.resolve("debian:12", &NoProgress).await.expect("cached");
     assert_eq!(again.digest, image.digest);
 }
+
+/// The other debootstrap recipes, each checked for its main binary. Slow (minutes each):
+/// `WARREN_IMAGES_RECIPES=python-3.11,node-18 cargo test -p warren-images --test recipes
+/// -- --ignored other_recipes --nocapture` (default: all three).
+#[tokio::test]
+#[ignore = "slow: runs debootstrap (minutes per image) against the Debian mirror"]
+async fn other_recipes_build() {
+    let cache = std::env::var_os("WARREN_IMAGES_TEST_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("warren-images-debian-test"));
+    let s = ImageStore::new(ImageStoreConfig::new(&cache)).expect("store");
+    let wanted = std::env::var("WARREN_IMAGES_RECIPES")
+        .unwrap_or_else(|_| "python-3.11,node-18,postgres-15".into());
+    for name in wanted.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let (dir, bin) = match name {
+            "python-3.11" => ("/usr/bin", "python3.11"),
+            "node-18" => ("/usr/bin", "node"),
+            "postgres-15" => ("/usr/lib/postgresql/15/bin", "postgres"),
+            other => panic!("no check for {other}"),
+        };
+        let started = Instant::now();
+        let image = s
+            .resolve(name, &NoProgress)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!(
+            "{name} resolved in {:.1?} ({} MiB)",
+            started.elapsed(),
+            image.size_bytes / (1024 * 1024)
+        );
+        assert!(
+            names(&image.rootfs, dir).contains(&bin.to_string()),
+            "{name}: {dir}/{bin} missing"
+        );
+    }
+}

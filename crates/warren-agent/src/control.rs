@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use warren_protocol::control::{encode, GuestMessage, HostMessage, PORT_NAME};
+use warren_protocol::control::{encode, BootConfig, GuestMessage, HostMessage, PORT_NAME};
 
 /// Longest line accepted from the host (a boot config is a few KiB).
 const MAX_LINE: usize = 4 << 20;
@@ -174,6 +174,26 @@ fn write_loop(mut port: File, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     }
 }
 
+/// Decode one host message.
+///
+/// `HostMessage` is internally tagged, so serde buffers it before decoding the variant,
+/// and that buffer cannot hold a `u128` (`BootConfig::clock_unix_ns`): a plain
+/// `from_str::<HostMessage>` rejects every `Boot`. Decode `Boot` from a `Value` instead.
+pub fn decode_host_message(text: &str) -> Result<HostMessage, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    if value.get("type").and_then(|t| t.as_str()) == Some("boot") {
+        let config = value
+            .get("config")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let config: BootConfig = serde_json::from_value(config)?;
+        return Ok(HostMessage::Boot {
+            config: Box::new(config),
+        });
+    }
+    serde_json::from_value(value)
+}
+
 /// Split complete lines off `buf`, parsing each as a host message.
 pub fn take_lines(buf: &mut Vec<u8>) -> Vec<Result<HostMessage, String>> {
     let mut out = Vec::new();
@@ -184,9 +204,7 @@ pub fn take_lines(buf: &mut Vec<u8>) -> Vec<Result<HostMessage, String>> {
         if text.is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str::<HostMessage>(text).map_err(|e| format!("{e}: {text:.200}")),
-        );
+        out.push(decode_host_message(text).map_err(|e| format!("{e}: {text:.200}")));
     }
     if buf.len() > MAX_LINE {
         out.push(Err(format!("dropping a line longer than {MAX_LINE} bytes")));
@@ -238,6 +256,36 @@ mod tests {
         std::fs::create_dir(d.path().join("vport0p2")).unwrap(); // no name file
         assert_eq!(find_port(d.path(), PORT_NAME).as_deref(), Some("vport0p1"));
         assert_eq!(find_port(d.path(), "missing"), None);
+    }
+
+    #[test]
+    fn decodes_boot_with_a_u128_clock() {
+        let config = BootConfig {
+            workspace_id: "ws".into(),
+            hostname: "h".into(),
+            network: None,
+            env: Default::default(),
+            cmd: Some(vec!["sh".into()]),
+            workdir: None,
+            user: None,
+            api_token: "t".into(),
+            api_port: 9990,
+            clock_unix_ns: 1_790_000_000_123_456_789,
+            entropy_hex: "00".into(),
+            data_disk: Default::default(),
+        };
+        let msg = HostMessage::Boot {
+            config: Box::new(config),
+        };
+        let line = String::from_utf8(encode(&msg)).unwrap();
+        // What the naive decoding does with it:
+        let _ = serde_json::from_str::<HostMessage>(line.trim());
+        assert_eq!(decode_host_message(line.trim()).unwrap(), msg);
+        assert_eq!(
+            decode_host_message(r#"{"type":"ping","id":1}"#).unwrap(),
+            HostMessage::Ping { id: 1 }
+        );
+        assert!(decode_host_message(r#"{"type":"boot"}"#).is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Format: one absolute path to a `.ko` (optionally compressed) per line, in load order,
 //! optionally followed by a space and module parameters. Blank lines and lines starting
-//! with `#` are ignored.
+//! with `#` are ignored. Like modprobe, `module.param=value` words of the kernel command
+//! line are passed to the module they name.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -33,6 +34,24 @@ pub fn parse_list(text: &str) -> Vec<ModuleSpec> {
                 path: l.to_string(),
                 params: String::new(),
             },
+        })
+        .collect()
+}
+
+/// The module name of a `.ko` path (`/x/virtio-net.ko.xz` -> `virtio_net`).
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split('.').next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// Parameters for `module` found on the kernel command line (`module.param=value`).
+pub fn cmdline_params(cmdline: &str, module: &str) -> Vec<String> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| {
+            let (name, param) = w.split_once('.')?;
+            (name.replace('-', "_") == module && param.contains('=')).then(|| param.to_string())
         })
         .collect()
 }
@@ -80,7 +99,15 @@ pub fn load_all(list: &Path) -> LoadReport {
     let Ok(text) = std::fs::read_to_string(list) else {
         return report;
     };
-    for m in parse_list(&text) {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for mut m in parse_list(&text) {
+        let extra = cmdline_params(&cmdline, &module_name(&m.path));
+        if !extra.is_empty() {
+            if !m.params.is_empty() {
+                m.params.push(' ');
+            }
+            m.params.push_str(&extra.join(" "));
+        }
         match load_one(&m) {
             Ok(true) => report.loaded += 1,
             Ok(false) => report.already += 1,
@@ -121,6 +148,19 @@ mod tests {
             ]
         );
         assert!(parse_list("").is_empty());
+    }
+
+    #[test]
+    fn kernel_cmdline_params() {
+        assert_eq!(module_name("/lib/m/virtio-net.ko.xz"), "virtio_net");
+        assert_eq!(module_name("overlay.ko"), "overlay");
+        let cmdline = "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 overlay.metacopy=N quiet";
+        assert_eq!(
+            cmdline_params(cmdline, "virtio_mmio"),
+            vec!["device=4K@0xd0000000:5".to_string()]
+        );
+        assert_eq!(cmdline_params(cmdline, "overlay"), vec!["metacopy=N"]);
+        assert!(cmdline_params(cmdline, "virtio_blk").is_empty());
     }
 
     #[test]

@@ -286,6 +286,24 @@ def main():
         g.dump_console()
         g.qemu.kill()
         raise
+    g.dump_console()
+
+    # A boot that cannot complete reports BootFailed and keeps the VM up.
+    g = Guest(work, cpio, image, data, free_port(), "3")
+    try:
+        g.expect("hello")
+        g.send(boot_config(user="nobody-here"))
+        failed = g.expect("boot_failed")
+        check("nobody-here" in failed["error"], f"boot failed: {failed['error']}")
+        g.send({"type": "ping", "id": 9})
+        check(g.expect("pong")["id"] == 9, "still answering after BootFailed")
+        g.send({"type": "shutdown"})
+        g.expect("shutting_down")
+        check(g.wait_exit() == 0, "shutdown after BootFailed")
+    except BaseException:
+        g.dump_console()
+        g.qemu.kill()
+        raise
     print("all good")
 
 

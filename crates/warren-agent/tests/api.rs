@@ -268,6 +268,25 @@ async fn task_registry_list_get_delete_and_ttl() {
     assert_eq!(v["stdout"], "one\n");
     assert_eq!(v["success"], true);
 
+    // A finished task can be replayed as a stream.
+    let resp = a
+        .send(
+            Method::GET,
+            &format!("/exec/stream?task_id={id1}"),
+            Some(TOKEN),
+            Bytes::new(),
+        )
+        .await;
+    let events = SseReader::new(resp).all().await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["task_id", "stdout", "exit"]);
+    assert_eq!(
+        B64.decode(events[1].data["data"].as_str().unwrap())
+            .unwrap(),
+        b"one\n"
+    );
+    assert_eq!(events[2].data["exit_code"], 0);
+
     // TTL 1 s: gone afterwards.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (s, v) = a.get(&format!("/exec/{id2}")).await;

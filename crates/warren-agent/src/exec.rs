@@ -131,8 +131,13 @@ pub fn prepare(ws: &Workspace, req: &ExecRequest) -> ApiResult<Prepared> {
 
 /// Build the `Command` for a prepared request: clean env, own session, credentials.
 pub fn build_command(p: &Prepared, stdin_piped: bool) -> Command {
-    let mut c = Command::new(&p.argv[0]);
-    c.args(&p.argv[1..])
+    let (program, args) = p
+        .argv
+        .split_first()
+        .map_or(("", &[][..]), |(a, rest)| (a.as_str(), rest));
+    // An empty program fails at spawn (ENOENT) and is reported like any missing command.
+    let mut c = Command::new(program);
+    c.args(args)
         .env_clear()
         .envs(&p.env)
         .current_dir(&p.cwd)
@@ -382,7 +387,8 @@ async fn run(ctx: ExecCtx, p: Prepared, mut task: ExecTask, mut sink: Sink) -> E
     let spawned = match ctx.reaper.spawn(&mut cmd) {
         Ok(s) => s,
         Err(e) => {
-            let (code, msg) = spawn_error(&p.argv[0], &e);
+            let program = p.argv.first().map(String::as_str).unwrap_or("");
+            let (code, msg) = spawn_error(program, &e);
             tracing::info!("{msg}");
             task.status = TaskStatus::Failed;
             task.exit_code = Some(code);

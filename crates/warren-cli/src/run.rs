@@ -121,6 +121,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         },
         other => other,
     };
+    // A command killed because the guest powered off ends its stream like any other
+    // exit; the guest said it was shutting down before it signalled its processes.
+    let result = match result {
+        Some(Ok(exit)) if guest_shutting_down(&ws).await => {
+            Some(Err(warren_sdk::SdkError::Decode(format!(
+                "the workspace's VM ended while the command ran (the guest powered off; the command's exit code was {})",
+                exit.exit_code
+            ))))
+        }
+        other => other,
+    };
     let id = ws.id.clone();
     node.destroy(ws, Duration::ZERO)
         .await
@@ -144,4 +155,14 @@ pub async fn image_build(reference: &str, node: &NodeArgs) -> anyhow::Result<i32
     progress.finish("");
     println!("{} {} {}", img.reference, img.digest, img.rootfs.display());
     Ok(0)
+}
+
+async fn guest_shutting_down(ws: &warren_node::RunningWorkspace) -> bool {
+    let mut events = ws.events.lock().await;
+    while let Ok(m) = events.try_recv() {
+        if m == warren_protocol::control::GuestMessage::ShuttingDown {
+            return true;
+        }
+    }
+    false
 }

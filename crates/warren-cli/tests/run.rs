@@ -110,7 +110,14 @@ fn a_command_that_does_not_exist_is_127() {
 fn guest_poweroff_is_noticed_and_cleaned_up() {
     let data = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let out = run(data.path(), "busybox", &[], &["poweroff"]);
+    // `poweroff` only signals PID 1 and returns; the sleep keeps the command running
+    // until the VM is gone, as any real workload would be.
+    let out = run(
+        data.path(),
+        "busybox",
+        &[],
+        &["sh", "-c", "poweroff; sleep 60"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("VM ended"), "{err}");

@@ -17,7 +17,7 @@ pub mod vmlinux;
 use std::path::PathBuf;
 
 pub use cmdline::{kernel_cmdline, CmdlineOptions};
-pub use initramfs::build_initramfs;
+pub use initramfs::{build_initramfs, FileLock};
 pub use kernel::{GuestKernel, KernelPin, DEBIAN_CLOUD_KERNEL};
 
 #[derive(Debug, thiserror::Error)]

@@ -98,6 +98,14 @@ impl NetPool {
         }
     }
 
+    /// Serialises changes to leases and taps across processes: without it, two
+    /// processes reaping the same dead lease could delete a tap that a third had just
+    /// created under the freed index.
+    pub fn lock(&self) -> Result<warren_guest::FileLock> {
+        warren_guest::FileLock::acquire(&self.dir.join(".lock"))
+            .map_err(|e| NodeError::Network(format!("cannot lock the address pool: {e}")))
+    }
+
     fn path(&self, index: u32) -> PathBuf {
         self.dir.join(format!("{index}.json"))
     }
@@ -111,6 +119,7 @@ impl NetPool {
         preferred: Option<u32>,
         persistent: bool,
     ) -> Result<Lease> {
+        let _lock = self.lock()?;
         if let Some(p) = preferred.filter(|p| *p > 0 && *p < self.blocks) {
             if let Some(existing) = self.read(p) {
                 if existing.workspace_id == workspace_id {
@@ -154,7 +163,7 @@ impl NetPool {
         persistent: bool,
     ) -> Result<Lease> {
         let lease = self.reserve(workspace_id, preferred, persistent)?;
-        if let Err(e) = create_tap(&lease) {
+        if let Err(e) = self.create_tap(&lease) {
             self.release(&lease.record);
             return Err(e);
         }
@@ -219,13 +228,47 @@ impl NetPool {
 
     /// Create the lease's tap (replacing a stale one of the same name).
     pub fn create_tap(&self, lease: &Lease) -> Result<()> {
+        let _lock = self.lock()?;
         create_tap(lease)
     }
 
-    /// Remove the tap and the lease.
+    /// Remove the tap and the lease, if the lease is still the one described by
+    /// `record` (another process may have reaped and re-leased the index meanwhile).
     pub fn release(&self, record: &LeaseRecord) {
-        delete_tap(&record.tap);
-        let _ = std::fs::remove_file(self.path(record.index));
+        let Ok(_lock) = self.lock() else {
+            return;
+        };
+        let current = self.read(record.index);
+        if current.as_ref().is_some_and(|c| {
+            c.workspace_id == record.workspace_id && c.owner_pid == record.owner_pid
+        }) {
+            delete_tap(&record.tap);
+            let _ = std::fs::remove_file(self.path(record.index));
+        }
+    }
+
+    /// Delete taps of ours (`wt<N>`) that no lease names.
+    pub fn remove_unleased_taps(&self) -> Vec<String> {
+        let Ok(_lock) = self.lock() else {
+            return Vec::new();
+        };
+        let leased: Vec<String> = self.leases().into_iter().map(|l| l.tap).collect();
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().to_string();
+            let ours = n
+                .strip_prefix("wt")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            if ours && !leased.contains(&n) {
+                delete_tap(&n);
+                removed.push(n);
+            }
+        }
+        removed
     }
 
     /// Every lease on this host.
@@ -264,7 +307,25 @@ fn create_tap(lease: &Lease) -> Result<()> {
     }
     ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
     let addr = format!("{}/{}", lease.host_ip, lease.prefix_len);
-    let r = ip(&["addr", "add", &addr, "dev", tap]).and_then(|_| ip(&["link", "set", tap, "up"]));
+    // A permanent neighbour entry for the guest: the host never has to ARP for it, so
+    // the first connection cannot fail with EHOSTUNREACH while a busy (TCG) guest is
+    // slow to answer, and nothing else on the tap can claim the guest's address.
+    let guest = lease.guest_ip.to_string();
+    let r = ip(&["addr", "add", &addr, "dev", tap])
+        .and_then(|_| ip(&["link", "set", tap, "up"]))
+        .and_then(|_| {
+            ip(&[
+                "neigh",
+                "replace",
+                &guest,
+                "lladdr",
+                &lease.mac,
+                "dev",
+                tap,
+                "nud",
+                "permanent",
+            ])
+        });
     if r.is_err() {
         delete_tap(tap);
     }

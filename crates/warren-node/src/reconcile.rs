@@ -13,8 +13,16 @@ pub struct Reconciled {
     pub dirs_removed: Vec<String>,
 }
 
+/// Is `pid` a live process (a zombie is not: it has exited and waits to be reaped)?
 pub fn pid_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Who is reconciling.
@@ -54,6 +62,8 @@ pub fn reconcile(
             }
             let orphan = match &owner {
                 Some(o) => !pid_alive(o.owner_pid) && !keep(&o.workspace_id),
+                // Run directories are created with their owner record inside (see
+                // workspace::create_run_dir), so one without is not from a live boot.
                 None => !keep(&name),
             };
             if !orphan {
@@ -80,20 +90,8 @@ pub fn reconcile(
             out.leases_released.push(l.workspace_id);
         }
     }
-    // Taps with no lease, and VMMs running for a removed run directory of ours.
-    let leased: Vec<String> = pool.leases().into_iter().map(|l| l.tap).collect();
-    if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            let ours = n
-                .strip_prefix("wt")
-                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
-            if ours && !leased.contains(&n) {
-                crate::net::delete_tap(&n);
-                out.leases_released.push(n);
-            }
-        }
-    }
+    // Taps with no lease (the pool lock keeps this from racing with allocations).
+    out.leases_released.extend(pool.remove_unleased_taps());
     let marker = format!("{}/", ws_dir.display());
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {

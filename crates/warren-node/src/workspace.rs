@@ -308,8 +308,9 @@ impl Node {
             lease: None,
             tap: None,
         };
-        std::fs::create_dir_all(&run_dir)
-            .map_err(io_err(format!("create {}", run_dir.display())))?;
+        if fresh {
+            create_run_dir(&run_dir, &id)?;
+        }
 
         let t = Instant::now();
         let data_disk = run_dir.join("data.ext4");
@@ -673,7 +674,30 @@ fn write_owner(dir: &std::path::Path, id: &str, vmm_pid: Option<u32>, idx: u32) 
         lease_index: idx,
     };
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
-    std::fs::write(dir.join(OWNER_FILE), body).map_err(io_err("write owner record"))
+    // Atomic: another process's reconcile may read it at any moment.
+    let tmp = dir.join(".owner.json.tmp");
+    std::fs::write(&tmp, body).map_err(io_err("write owner record"))?;
+    std::fs::rename(&tmp, dir.join(OWNER_FILE)).map_err(io_err("write owner record"))
+}
+
+/// Create a workspace's run directory with its owner record already inside, so no
+/// other process's reconcile ever sees it without an owner: build it under a
+/// dot-name and rename it into place.
+fn create_run_dir(run_dir: &std::path::Path, id: &str) -> Result<()> {
+    let parent = run_dir.parent().unwrap_or(run_dir);
+    std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+    let tmp = parent.join(format!(".new-{id}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+    write_owner(&tmp, id, None, 0)?;
+    if let Err(e) = std::fs::rename(&tmp, run_dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(NodeError::Invalid {
+            field: "id",
+            reason: format!("cannot create {}: {e}", run_dir.display()),
+        });
+    }
+    Ok(())
 }
 
 fn read_owner(dir: &std::path::Path) -> Option<OwnerRecord> {

@@ -1,0 +1,364 @@
+//! `warren server` (the binary) driven over HTTP, booting real VMs: validation changes
+//! nothing, one idempotency key never makes two workspaces, files survive stop/start
+//! and a server restart, and kill -9 of the server during create, stop or delete loses
+//! no workspace and leaves no orphan once it is back.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use warren_sdk::ControlClient;
+
+/// Servers share the host's address pool and taps: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Server {
+    child: Child,
+    url: String,
+    data: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["server", "--api-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0"])
+            .args(["--default-image", "busybox"])
+            .env("WARREN_DATA_DIR", data)
+            .env("WARREN_CACHE_DIR", cache_dir())
+            .env("WARREN_AGENT", agent())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn warren server");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("warren: api listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
+        Server {
+            child,
+            url,
+            data: data.to_path_buf(),
+            stderr,
+        }
+    }
+
+    fn creds(&self) -> (String, String) {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap()).unwrap();
+        (
+            v["client_id"].as_str().unwrap().to_string(),
+            v["client_secret"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn sdk(&self) -> ControlClient {
+        let (id, secret) = self.creds();
+        ControlClient::new(&self.url, &id, &secret).unwrap()
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (id, secret) = self.creds();
+        let mut r = reqwest::Client::new()
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{}", self.url, path))
+            .header("X-Client-ID", id)
+            .header("X-Client-Secret", secret);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let s = resp.status().as_u16();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn small(extra: Value) -> Value {
+    let mut b = json!({"image": "busybox", "memory_mb": 256, "disk_size_mb": 128});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+async fn wait_for(s: &Server, id: &str, secs: u64, what: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
+    let t0 = Instant::now();
+    loop {
+        let (st, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
+        let w = (st == 200).then(|| b["workspace"].clone());
+        if what(w.as_ref()) {
+            return w;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "workspace {id} never got there; last: {st} {b}\nserver log:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn vmm_running(id: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("qemu-system") && c.contains(&format!("/workspaces/{id}/"))
+            })
+            .unwrap_or(false)
+    })
+}
+
+fn run_dirs(data: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data.join("workspaces"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn delete_all(s: &Server) {
+    let (_, b) = s.call("GET", "/workspace?limit=100", None).await;
+    let ids: Vec<String> = b["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
+        assert_eq!(st, 202);
+    }
+    for id in &ids {
+        wait_for(s, id, 60, |w| w.is_none()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_idempotency_exec_and_delete() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    // First start: credentials written 0600, exactly one "listening" line.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.path().join("credentials.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(s.log().matches("warren: api listening on").count(), 1, "{}", s.log());
+
+    // Invalid input: 422 naming the field, nothing stored, nothing allocated.
+    for (body, field) in [
+        (small(json!({"cpus": 0})), "cpus"),
+        (small(json!({"memory_mb": 64})), "memory_mb"),
+        (small(json!({"disk_size_mb": 1})), "disk_size_mb"),
+        (small(json!({"config": {"env": [{"key": "A=B", "value": "x"}]}})), "config.env"),
+        (small(json!({"config": {"ttl": 0}})), "config.ttl"),
+    ] {
+        let (st, b) = s.call("POST", "/workspace", Some(body)).await;
+        assert_eq!(st, 422, "{b}");
+        assert_eq!((b["success"].clone(), b["code"].clone()), (json!(false), json!("validation_error")));
+        assert_eq!(b["details"]["field"], field, "{b}");
+    }
+    let (_, b) = s.call("GET", "/workspace", None).await;
+    assert_eq!(b["total"], 0);
+    assert!(run_dirs(data.path()).is_empty());
+
+    // Five concurrent creates with one key: one workspace, one VM.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let sdk = s.sdk();
+        tasks.push(tokio::spawn(async move {
+            sdk.create(&small(json!({"idempotency_key": "same", "wait_ready": true}))).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        ids.insert(r["workspace"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids.into_iter().next().unwrap();
+    let w = wait_for(&s, &id, 120, |w| w.is_some_and(|w| w["ready"] == true)).await.unwrap();
+    assert_eq!(w["status"], "running");
+    let (_, b) = s.call("GET", "/workspace", None).await;
+    assert_eq!(b["total"], 1);
+    assert_eq!(run_dirs(data.path()), [id.clone()]);
+
+    // The runtime API through the gateway, and directly with the raw token.
+    let rt = s.sdk().runtime(&id).await.unwrap();
+    let out = rt
+        .exec(&warren_protocol::runtime::ExecRequest {
+            cmd: vec!["echo".into(), "through-the-gateway".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.as_deref(), Some("through-the-gateway\n"));
+    let (_, raw) = s.call("GET", &format!("/workspace/{id}/runtime-api-access/token/raw"), None).await;
+    let direct = warren_sdk::RuntimeClient::new(
+        &format!("http://{}:{}", raw["ip"].as_str().unwrap(), raw["port"]),
+        raw["token"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(direct.health().await.unwrap());
+    // An expired or foreign token is refused by the gateway.
+    let (_, t) = s.call("GET", &format!("/workspace/{id}/runtime-api-access/token"), None).await;
+    let gw = t["gateway_url"].as_str().unwrap();
+    let bad = warren_sdk::RuntimeClient::new(gw, "eyJhbGciOiJIUzI1NiJ9.e30.bad").unwrap();
+    match bad.health().await {
+        Err(warren_sdk::SdkError::Api { status, .. }) => assert_eq!(status, 401),
+        other => panic!("{other:?}"),
+    }
+
+    // Invalid updates change nothing either.
+    let (st, _) = s.call("PUT", &format!("/workspace/{id}"), Some(json!({"slug": "No Good"}))).await;
+    assert_eq!(st, 422);
+    let (_, after) = s.call("GET", &format!("/workspace/{id}"), None).await;
+    assert_eq!(after["workspace"]["slug"], Value::Null);
+
+    delete_all(&s).await;
+    assert_nothing_left(data.path(), &[id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = tempfile::tempdir().unwrap();
+
+    // A running workspace with a file in it.
+    let s = Server::start(data.path());
+    let r = s.sdk().create(&small(json!({"name": "keeper", "wait_ready": true}))).await.unwrap();
+    let keeper = r["workspace"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r["workspace"]["ready"], true, "{r}");
+    let rt = s.sdk().runtime(&keeper).await.unwrap();
+    rt.write(&warren_protocol::runtime::FileWriteRequest {
+        path: "/root/kept.txt".into(),
+        content: "still here".into(),
+        create_dirs: Some(true),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // kill -9 during a create.
+    let (st, b) = s.call("POST", "/workspace", Some(small(json!({"name": "interrupted"})))).await;
+    assert_eq!(st, 201, "{b}");
+    let interrupted = b["workspace"]["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.kill9();
+    assert!(vmm_running(&keeper), "the keeper's VM must outlive the server");
+
+    // Back up: the keeper is adopted with its files, the interrupted create finishes.
+    let s = Server::start(data.path());
+    let w = wait_for(&s, &keeper, 60, |w| w.is_some_and(|w| w["status"] == "running")).await.unwrap();
+    assert_eq!(w["ready"], true);
+    let rt = s.sdk().runtime(&keeper).await.unwrap();
+    assert_eq!(rt.read("/root/kept.txt").await.unwrap().content, "still here");
+    let w = wait_for(&s, &interrupted, 120, |w| w.is_some_and(|w| w["ready"] == true)).await.unwrap();
+    assert_eq!(w["name"], "interrupted");
+    let (_, b) = s.call("GET", "/workspace", None).await;
+    assert_eq!(b["total"], 2, "no workspace lost or duplicated: {b}");
+    let mut want = vec![keeper.clone(), interrupted.clone()];
+    want.sort();
+    assert_eq!(run_dirs(data.path()), want);
+
+    // kill -9 during a stop.
+    let url = s.url.clone();
+    let (cid, csec) = s.creds();
+    let k = keeper.clone();
+    let stop = tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(format!("{url}/workspace/{k}/stop"))
+            .header("X-Client-ID", cid)
+            .header("X-Client-Secret", csec)
+            .send()
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.kill9();
+    let _ = stop.await;
+
+    // kill -9 during a delete.
+    let s = Server::start(data.path());
+    let w = wait_for(&s, &keeper, 60, |w| w.is_some_and(|w| w["status"] == "stopped")).await.unwrap();
+    assert_eq!(w["ready"], false);
+    assert!(!vmm_running(&keeper), "a stopped workspace has no VM");
+    wait_for(&s, &interrupted, 60, |w| w.is_some_and(|w| w["ready"] == true)).await;
+    let (st, _) = s.call("DELETE", &format!("/workspace/{interrupted}"), None).await;
+    assert_eq!(st, 202);
+    s.kill9();
+
+    let s = Server::start(data.path());
+    wait_for(&s, &interrupted, 60, |w| w.is_none()).await;
+    assert!(!vmm_running(&interrupted));
+    assert_eq!(run_dirs(data.path()), [keeper.clone()]);
+    let (_, b) = s.call("GET", "/workspace", None).await;
+    assert_eq!(b["total"], 1);
+
+    // The stopped keeper starts with its files.
+    let (st, b) = s.call("POST", &format!("/workspace/{keeper}/start"), None).await;
+    assert_eq!((st, b["status"].clone()), (200, json!("running")), "{b}");
+    let rt = s.sdk().runtime(&keeper).await.unwrap();
+    assert_eq!(rt.read("/root/kept.txt").await.unwrap().content, "still here");
+
+    delete_all(&s).await;
+    assert_nothing_left(data.path(), &[keeper, interrupted]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_and_remove_on_exit() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    let stop = s
+        .sdk()
+        .create(&small(json!({"mode": "temporary", "wait_ready": true, "config": {"ttl": "2s"}})))
+        .await
+        .unwrap();
+    let stop_id = stop["workspace"]["id"].as_str().unwrap().to_string();
+    let exits = s
+        .sdk()
+        .create(&small(json!({"config": {"cmd": "sleep 1; exit 7", "remove_on_exit": true}})))
+        .await
+        .unwrap();
+    let exit_id = exits["workspace"]["id"].as_str().unwrap().to_string();
+    let w = wait_for(&s, &stop_id, 60, |w| w.is_some_and(|w| w["status"] == "stopped")).await.unwrap();
+    assert_eq!(w["info"]["user_requested_stop"], false);
+    assert!(!vmm_running(&stop_id));
+    wait_for(&s, &exit_id, 60, |w| w.is_none()).await;
+    assert!(!vmm_running(&exit_id));
+    assert_eq!(run_dirs(data.path()), [stop_id.clone()]);
+    delete_all(&s).await;
+    assert_nothing_left(data.path(), &[stop_id, exit_id]);
+}

@@ -18,4 +18,10 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 "$bindir/warren" image-build debian-12 >/dev/null
 
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/warren-test.log
-exit "${PIPESTATUS[0]}"
+rust_status=${PIPESTATUS[0]}
+
+# The official oblien client (npm, pinned) against a real `warren server`.
+compat_status=0
+WARREN_BIN="$bindir/warren" tests/compat/run.sh 2>&1 | tee /tmp/warren-compat.log || compat_status=$?
+[ "$rust_status" -eq 0 ] || exit "$rust_status"
+exit "$compat_status"

@@ -151,7 +151,8 @@ impl Manager {
             idempotency_key: req.idempotency_key.clone(),
             ttl_seconds: req.lifecycle.ttl_seconds,
             ttl_action: req.lifecycle.ttl_action.clone(),
-            ttl_expires_at: req.lifecycle.ttl_seconds.map(add_secs),
+            // The TTL counts from when the workspace is running (see `boot`).
+            ttl_expires_at: None,
             remove_on_exit: req.lifecycle.remove_on_exit,
             restart_policy: req.lifecycle.restart_policy.clone(),
         };
@@ -380,6 +381,11 @@ impl Manager {
                     w.set_provisioning(ProvisioningState::Ready, ProvisioningPhase::Ready, "Ready");
                 }
                 *w = self.store.save_observed(w).await?;
+                // A TTL counts from each start.
+                if let Some(deadline) = ttl_deadline(w) {
+                    self.store.set_ttl_expiry(&w.id, Some(&deadline)).await?;
+                    w.ttl_expires_at = Some(deadline);
+                }
                 tracing::info!(ip = ?w.internal_ip, "workspace running");
                 if fresh {
                     self.log(None, &w.id, "provision", "ok", None).await;

@@ -315,8 +315,15 @@ pub fn parse_create(body: &Value) -> ApiResult<CreateRequest> {
     // Resources may come at the top level or in config (the client folds them in).
     let res = |field: &str, min: u64, max: u64| -> ApiResult<Option<u64>> {
         let top = opt_uint(o, field, min, max)?;
-        let inner = opt_uint(&config, field, min, max)
-            .map_err(|e| ApiError::invalid(&format!("config.{field}"), e.message))?;
+        let inner = opt_uint(&config, field, min, max).map_err(|mut e| {
+            // The client folds resources into config: name the field where it was.
+            let name = format!("config.{field}");
+            e.message = e.message.replacen(field, &name, 1);
+            if let Some(d) = e.details.as_mut() {
+                d["field"] = json!(name);
+            }
+            e
+        })?;
         Ok(top.or(inner))
     };
     let cpus = res("cpus", 1, 1024)?.unwrap_or(u64::from(DEFAULT_CPUS)) as u32;

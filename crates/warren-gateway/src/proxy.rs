@@ -25,7 +25,10 @@ impl GatewayState {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // No idle connections: a workspace's address outlives its VM (stop/start,
+            // restart), and a pooled connection to the previous VM fails the next
+            // request. Connecting to a guest on the same host costs little.
+            .pool_max_idle_per_host(0)
             .build()?;
         Ok(GatewayState { keys, store, http })
     }
@@ -187,10 +190,17 @@ async fn forward_inner(st: &GatewayState, req: Request) -> Result<Response, GwEr
         }
         let body = reqwest::Body::wrap_stream(body.into_data_stream());
         let resp = out.body(body).send().await.map_err(|e| {
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            tracing::warn!(error = %why, "upstream request failed");
             GwError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
-                format!("the workspace's runtime API did not answer: {e}"),
+                format!("the workspace's runtime API did not answer: {why}"),
             )
         })?;
         tracing::debug!(method = %parts.method, path = parts.uri.path(), status = %resp.status(), "forwarded");

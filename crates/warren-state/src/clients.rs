@@ -29,8 +29,7 @@ fn hash_secret(salt: &str, secret: &str) -> String {
 /// Constant-time comparison of two hex digests.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -73,14 +72,16 @@ impl Store {
         .bind(id)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.and_then(|(id, name, created_at, is_admin, salt, hash)| {
-            same(&hash_secret(&salt, secret), &hash).then_some(Client {
-                id,
-                name,
-                is_admin,
-                created_at,
-            })
-        }))
+        Ok(
+            row.and_then(|(id, name, created_at, is_admin, salt, hash)| {
+                same(&hash_secret(&salt, secret), &hash).then_some(Client {
+                    id,
+                    name,
+                    is_admin,
+                    created_at,
+                })
+            }),
+        )
     }
 
     pub async fn count_clients(&self) -> Result<i64> {
@@ -104,8 +105,16 @@ mod tests {
             .await
             .unwrap()
             .is_some_and(|x| x.is_admin && x.id == c.client.id));
-        assert!(s.verify_client(&c.client.id, "wrong").await.unwrap().is_none());
-        assert!(s.verify_client("nobody", &c.secret).await.unwrap().is_none());
+        assert!(s
+            .verify_client(&c.client.id, "wrong")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .verify_client("nobody", &c.secret)
+            .await
+            .unwrap()
+            .is_none());
         let (hash,): (String,) = sqlx::query_as("SELECT secret_hash FROM clients")
             .fetch_one(s.pool())
             .await

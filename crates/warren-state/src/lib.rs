@@ -20,8 +20,8 @@ mod workspaces;
 pub use clients::{Client, NewClientSecret};
 pub use operations::Operation;
 pub use workspaces::{
-    DesiredState, InsertOutcome, NewWorkspace, ObservedState, ProvisioningPhase,
-    ProvisioningState, Workspace, WorkspaceFilter,
+    DesiredState, InsertOutcome, NewWorkspace, ObservedState, ProvisioningPhase, ProvisioningState,
+    Workspace, WorkspaceFilter,
 };
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -55,6 +55,17 @@ pub struct Store {
 impl Store {
     /// Open (creating if needed) the database at `path` and apply pending migrations.
     pub async fn open(path: &Path) -> Result<Store> {
+        // The database holds agent tokens: readable by its owner only. SQLite gives
+        // its -wal and -shm files the database file's permissions.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)

@@ -68,18 +68,29 @@ mod tests {
             idempotency_key: None,
             ttl_seconds: None,
             ttl_action: None,
+            ttl_expires_at: None,
             remove_on_exit: false,
             restart_policy: None,
         })
         .await
         .unwrap();
         let m = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
-            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
-        s.set_metadata("ws_m", &m(&[("a", "1"), ("b", "2")]), true).await.unwrap();
-        let merged = s.set_metadata("ws_m", &m(&[("b", "3"), ("c", "4")]), false).await.unwrap();
+        s.set_metadata("ws_m", &m(&[("a", "1"), ("b", "2")]), true)
+            .await
+            .unwrap();
+        let merged = s
+            .set_metadata("ws_m", &m(&[("b", "3"), ("c", "4")]), false)
+            .await
+            .unwrap();
         assert_eq!(merged, m(&[("a", "1"), ("b", "3"), ("c", "4")]));
-        let replaced = s.set_metadata("ws_m", &m(&[("z", "9")]), true).await.unwrap();
+        let replaced = s
+            .set_metadata("ws_m", &m(&[("z", "9")]), true)
+            .await
+            .unwrap();
         assert_eq!(replaced, m(&[("z", "9")]));
         s.delete_workspace("ws_m").await.unwrap();
         assert!(s.metadata("ws_m").await.unwrap().is_empty());

@@ -60,11 +60,20 @@ mod tests {
     #[tokio::test]
     async fn operations_are_kept_in_order() {
         let s = Store::open_in_memory().await.unwrap();
-        s.log_operation(Some("c"), Some("ws_x"), "create", "accepted", None).await.unwrap();
-        s.log_operation(Some("c"), Some("ws_x"), "stop", "ok", Some("grace 5s")).await.unwrap();
-        s.log_operation(None, Some("ws_y"), "ttl", "ok", None).await.unwrap();
+        s.log_operation(Some("c"), Some("ws_x"), "create", "accepted", None)
+            .await
+            .unwrap();
+        s.log_operation(Some("c"), Some("ws_x"), "stop", "ok", Some("grace 5s"))
+            .await
+            .unwrap();
+        s.log_operation(None, Some("ws_y"), "ttl", "ok", None)
+            .await
+            .unwrap();
         let ops = s.operations("ws_x", 10).await.unwrap();
-        assert_eq!(ops.iter().map(|o| o.op.as_str()).collect::<Vec<_>>(), ["create", "stop"]);
+        assert_eq!(
+            ops.iter().map(|o| o.op.as_str()).collect::<Vec<_>>(),
+            ["create", "stop"]
+        );
         assert_eq!(ops[1].detail.as_deref(), Some("grace 5s"));
     }
 }

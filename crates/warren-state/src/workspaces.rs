@@ -130,6 +130,7 @@ pub struct NewWorkspace {
     pub idempotency_key: Option<String>,
     pub ttl_seconds: Option<u64>,
     pub ttl_action: Option<String>,
+    pub ttl_expires_at: Option<String>,
     pub remove_on_exit: bool,
     pub restart_policy: Option<String>,
 }
@@ -264,9 +265,10 @@ impl Store {
             "INSERT INTO workspaces (id, client_id, name, slug, image, mode, cpus, memory_mb,
                 disk_size_mb, config, desired_state, observed_state, idempotency_key,
                 prov_state, prov_phase, prov_message, prov_created_at, prov_updated_at,
-                ttl_seconds, ttl_action, remove_on_exit, restart_policy, created_at, updated_at)
+                ttl_seconds, ttl_action, ttl_expires_at, remove_on_exit, restart_policy,
+                created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 'creating', ?, 'queued', 'queued',
-                'Queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                'Queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&w.id)
         .bind(&w.client_id)
@@ -283,6 +285,7 @@ impl Store {
         .bind(&t)
         .bind(w.ttl_seconds.map(|s| s as i64))
         .bind(&w.ttl_action)
+        .bind(&w.ttl_expires_at)
         .bind(w.remove_on_exit)
         .bind(&w.restart_policy)
         .bind(&t)
@@ -316,14 +319,22 @@ impl Store {
         Ok(InsertOutcome::Created(ws))
     }
 
+    /// The workspace a client created with `key`, if any.
+    pub async fn client_workspace_by_key(
+        &self,
+        client_id: &str,
+        key: &str,
+    ) -> Result<Option<Workspace>> {
+        self.by_idempotency_key(client_id, key).await
+    }
+
     async fn by_idempotency_key(&self, client_id: &str, key: &str) -> Result<Option<Workspace>> {
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT * FROM workspaces WHERE client_id = ? AND idempotency_key = ?",
-        )
-        .bind(client_id)
-        .bind(key)
-        .fetch_optional(self.pool())
-        .await?;
+        let row: Option<Row> =
+            sqlx::query_as("SELECT * FROM workspaces WHERE client_id = ? AND idempotency_key = ?")
+                .bind(client_id)
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await?;
         row.map(Workspace::try_from).transpose()
     }
 
@@ -337,7 +348,11 @@ impl Store {
     }
 
     /// A client's workspace by id or slug.
-    pub async fn client_workspace(&self, client_id: &str, id_or_slug: &str) -> Result<Option<Workspace>> {
+    pub async fn client_workspace(
+        &self,
+        client_id: &str,
+        id_or_slug: &str,
+    ) -> Result<Option<Workspace>> {
         let row: Option<Row> = sqlx::query_as(
             "SELECT * FROM workspaces WHERE client_id = ? AND (id = ? OR slug = ?)
              ORDER BY id = ? DESC LIMIT 1",
@@ -425,34 +440,21 @@ impl Store {
         Ok((r.0, r.1.unwrap_or(0), r.2.unwrap_or(0), r.3.unwrap_or(0)))
     }
 
-    /// Write every mutable field of `w` (callers serialise per workspace) and return
-    /// it with `updated_at` refreshed.
-    pub async fn save_workspace(&self, w: &Workspace) -> Result<Workspace> {
+    /// Write what the node reported: observed state, provisioning progress, address,
+    /// agent token, exit code, start time. Only the workspace's worker (which holds the
+    /// workspace's lock) calls this, so it never overwrites a concurrent request's
+    /// settings or desired state.
+    pub async fn save_observed(&self, w: &Workspace) -> Result<Workspace> {
         let mut w = w.clone();
         w.updated_at = now();
-        let r = sqlx::query(
-            "UPDATE workspaces SET name = ?, slug = ?, logo = ?, image = ?, mode = ?, cpus = ?,
-                memory_mb = ?, disk_size_mb = ?, config = ?, desired_state = ?, observed_state = ?,
-                user_requested_stop = ?, prov_state = ?, prov_phase = ?, prov_message = ?,
-                prov_error_code = ?, prov_error_message = ?, prov_updated_at = ?,
-                prov_completed_at = ?, ttl_seconds = ?, ttl_action = ?, ttl_expires_at = ?,
-                remove_on_exit = ?, restart_policy = ?, internal_ip = ?, agent_token = ?,
-                api_access_enabled = ?, gateway_token_gen = ?, last_exit_code = ?,
-                started_at = ?, updated_at = ?
+        sqlx::query(
+            "UPDATE workspaces SET observed_state = ?, prov_state = ?, prov_phase = ?,
+                prov_message = ?, prov_error_code = ?, prov_error_message = ?,
+                prov_updated_at = ?, prov_completed_at = ?, internal_ip = ?, agent_token = ?,
+                last_exit_code = ?, started_at = ?, updated_at = ?
              WHERE id = ?",
         )
-        .bind(&w.name)
-        .bind(&w.slug)
-        .bind(&w.logo)
-        .bind(&w.image)
-        .bind(&w.mode)
-        .bind(i64::from(w.cpus))
-        .bind(i64::from(w.memory_mb))
-        .bind(w.disk_size_mb as i64)
-        .bind(w.config.to_string())
-        .bind(w.desired_state.as_str())
         .bind(w.observed_state.as_str())
-        .bind(w.user_requested_stop)
         .bind(w.prov_state.as_str())
         .bind(w.prov_phase.as_str())
         .bind(&w.prov_message)
@@ -460,17 +462,41 @@ impl Store {
         .bind(&w.prov_error_message)
         .bind(&w.prov_updated_at)
         .bind(&w.prov_completed_at)
+        .bind(&w.internal_ip)
+        .bind(&w.agent_token)
+        .bind(w.last_exit_code.map(i64::from))
+        .bind(&w.started_at)
+        .bind(&w.updated_at)
+        .bind(&w.id)
+        .execute(self.pool())
+        .await?;
+        Ok(w)
+    }
+
+    /// Write the user's settings: name, slug, logo, config, lifecycle, runtime API
+    /// access.
+    pub async fn save_settings(&self, w: &Workspace) -> Result<Workspace> {
+        let mut w = w.clone();
+        w.updated_at = now();
+        let r = sqlx::query(
+            "UPDATE workspaces SET name = ?, slug = ?, logo = ?, config = ?, mode = ?,
+                ttl_seconds = ?, ttl_action = ?, ttl_expires_at = ?, remove_on_exit = ?,
+                restart_policy = ?, api_access_enabled = ?, gateway_token_gen = ?,
+                updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(&w.name)
+        .bind(&w.slug)
+        .bind(&w.logo)
+        .bind(w.config.to_string())
+        .bind(&w.mode)
         .bind(w.ttl_seconds.map(|s| s as i64))
         .bind(&w.ttl_action)
         .bind(&w.ttl_expires_at)
         .bind(w.remove_on_exit)
         .bind(&w.restart_policy)
-        .bind(&w.internal_ip)
-        .bind(&w.agent_token)
         .bind(w.api_access_enabled)
         .bind(w.gateway_token_gen)
-        .bind(w.last_exit_code.map(i64::from))
-        .bind(&w.started_at)
         .bind(&w.updated_at)
         .bind(&w.id)
         .execute(self.pool())
@@ -485,6 +511,38 @@ impl Store {
                 None => Err(e.into()),
             },
         }
+    }
+
+    /// Set (or clear) when the workspace's TTL runs out.
+    pub async fn set_ttl_expiry(&self, id: &str, at: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE workspaces SET ttl_expires_at = ?, updated_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Record what the user wants. Returns false if the workspace does not exist.
+    pub async fn set_desired(
+        &self,
+        id: &str,
+        desired: DesiredState,
+        user_requested_stop: bool,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE workspaces SET desired_state = ?, user_requested_stop = ?, updated_at = ?
+             WHERE id = ? AND (desired_state != 'deleted' OR ? = 'deleted')",
+        )
+        .bind(desired.as_str())
+        .bind(user_requested_stop)
+        .bind(now())
+        .bind(id)
+        .bind(desired.as_str())
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
     }
 
     /// Forget a workspace (its metadata goes with it; the operations log stays).
@@ -542,6 +600,7 @@ mod tests {
             idempotency_key: key.map(String::from),
             ttl_seconds: None,
             ttl_action: None,
+            ttl_expires_at: None,
             remove_on_exit: false,
             restart_policy: None,
         }
@@ -551,13 +610,21 @@ mod tests {
     async fn idempotency_key_returns_the_first_workspace() {
         let s = Store::open_in_memory().await.unwrap();
         let c = s.create_client("a", true).await.unwrap().client.id;
-        let first = match s.insert_workspace(&new_ws(&c, "ws_one", Some("k"))).await.unwrap() {
+        let first = match s
+            .insert_workspace(&new_ws(&c, "ws_one", Some("k")))
+            .await
+            .unwrap()
+        {
             InsertOutcome::Created(w) => w,
             other => panic!("{other:?}"),
         };
         assert_eq!(first.observed_state, ObservedState::Creating);
         assert_eq!(first.config["env"][0], "A=1");
-        match s.insert_workspace(&new_ws(&c, "ws_two", Some("k"))).await.unwrap() {
+        match s
+            .insert_workspace(&new_ws(&c, "ws_two", Some("k")))
+            .await
+            .unwrap()
+        {
             InsertOutcome::Existing(w) => assert_eq!(w.id, "ws_one"),
             other => panic!("{other:?}"),
         }
@@ -565,7 +632,9 @@ mod tests {
         // Another client may use the same key.
         let c2 = s.create_client("b", false).await.unwrap().client.id;
         assert!(matches!(
-            s.insert_workspace(&new_ws(&c2, "ws_three", Some("k"))).await.unwrap(),
+            s.insert_workspace(&new_ws(&c2, "ws_three", Some("k")))
+                .await
+                .unwrap(),
             InsertOutcome::Created(_)
         ));
     }
@@ -575,14 +644,34 @@ mod tests {
         let s = Store::open_in_memory().await.unwrap();
         let c = s.create_client("a", true).await.unwrap().client.id;
         for i in 0..3 {
-            s.insert_workspace(&new_ws(&c, &format!("ws_{i}"), None)).await.unwrap();
+            s.insert_workspace(&new_ws(&c, &format!("ws_{i}"), None))
+                .await
+                .unwrap();
         }
         let mut w = s.workspace("ws_1").await.unwrap().unwrap();
         w.observed_state = ObservedState::Running;
         w.slug = Some("one".into());
+        w.desired_state = DesiredState::Stopped; // not written by either save
         w.set_provisioning(ProvisioningState::Ready, ProvisioningPhase::Ready, "Ready");
-        let saved = s.save_workspace(&w).await.unwrap();
+        s.save_observed(&w).await.unwrap();
+        s.save_settings(&w).await.unwrap();
+        let saved = s.workspace("ws_1").await.unwrap().unwrap();
         assert!(saved.prov_completed_at.is_some());
+        assert_eq!(saved.observed_state, ObservedState::Running);
+        assert_eq!(saved.desired_state, DesiredState::Running);
+        assert!(s
+            .set_desired("ws_1", DesiredState::Deleted, false)
+            .await
+            .unwrap());
+        // Deleted is final.
+        assert!(!s
+            .set_desired("ws_1", DesiredState::Running, false)
+            .await
+            .unwrap());
+        assert!(!s
+            .set_desired("ws_nope", DesiredState::Running, false)
+            .await
+            .unwrap());
         assert_eq!(
             s.client_workspace(&c, "one").await.unwrap().unwrap().id,
             "ws_1"
@@ -601,16 +690,30 @@ mod tests {
             .unwrap();
         assert_eq!((running.len(), total), (1, 1));
         let (page2, total) = s
-            .list_workspaces(&c, &WorkspaceFilter { page: 2, limit: 2, ..Default::default() })
+            .list_workspaces(
+                &c,
+                &WorkspaceFilter {
+                    page: 2,
+                    limit: 2,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!((page2.len(), total), (1, 3));
         // Slugs are unique per client.
         let mut other = s.workspace("ws_2").await.unwrap().unwrap();
         other.slug = Some("one".into());
-        assert!(matches!(s.save_workspace(&other).await, Err(StateError::Duplicate(_))));
+        assert!(matches!(
+            s.save_settings(&other).await,
+            Err(StateError::Duplicate(_))
+        ));
+        assert_eq!(
+            s.usage(Some(&c)).await.unwrap().0,
+            2,
+            "a deleted workspace holds nothing"
+        );
         assert!(s.delete_workspace("ws_1").await.unwrap());
         assert!(s.workspace("ws_1").await.unwrap().is_none());
-        assert_eq!(s.usage(Some(&c)).await.unwrap().0, 2);
     }
 }

@@ -38,13 +38,8 @@ pub async fn start(
     Authed(c): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let mut w = find(&st, &c.id, &id).await?;
+    let w = find(&st, &c.id, &id).await?;
     refuse_unprovisioned(&w)?;
-    // A TTL counts again from each start.
-    if w.ttl_seconds.is_some() {
-        w.ttl_expires_at = crate::manager::ttl_deadline(&w);
-        st.manager.store.save_settings(&w).await?;
-    }
     let r = st
         .manager
         .set_desired(Some(&c.id), &w.id, DesiredState::Running, false, "start")

@@ -27,7 +27,13 @@ struct Server {
 impl Server {
     fn start(data: &Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["server", "--api-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0"])
+            .args([
+                "server",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--gateway-addr",
+                "127.0.0.1:0",
+            ])
             .args(["--default-image", "busybox"])
             .env("WARREN_DATA_DIR", data)
             .env("WARREN_CACHE_DIR", cache_dir())
@@ -62,7 +68,8 @@ impl Server {
 
     fn creds(&self) -> (String, String) {
         let v: Value =
-            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap())
+                .unwrap();
         (
             v["client_id"].as_str().unwrap().to_string(),
             v["client_secret"].as_str().unwrap().to_string(),
@@ -77,7 +84,10 @@ impl Server {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let (id, secret) = self.creds();
         let mut r = reqwest::Client::new()
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{}", self.url, path))
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{}", self.url, path),
+            )
             .header("X-Client-ID", id)
             .header("X-Client-Secret", secret);
         if let Some(b) = body {
@@ -113,7 +123,12 @@ fn small(extra: Value) -> Value {
     b
 }
 
-async fn wait_for(s: &Server, id: &str, secs: u64, what: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
+async fn wait_for(
+    s: &Server,
+    id: &str,
+    secs: u64,
+    what: impl Fn(Option<&Value>) -> bool,
+) -> Option<Value> {
     let t0 = Instant::now();
     loop {
         let (st, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
@@ -143,7 +158,11 @@ fn vmm_running(id: &str) -> bool {
 
 fn run_dirs(data: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(data.join("workspaces"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -173,21 +192,35 @@ async fn validation_idempotency_exec_and_delete() {
     let s = Server::start(data.path());
     // First start: credentials written 0600, exactly one "listening" line.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(data.path().join("credentials.json")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(data.path().join("credentials.json"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(s.log().matches("warren: api listening on").count(), 1, "{}", s.log());
+    assert_eq!(
+        s.log().matches("warren: api listening on").count(),
+        1,
+        "{}",
+        s.log()
+    );
 
     // Invalid input: 422 naming the field, nothing stored, nothing allocated.
     for (body, field) in [
         (small(json!({"cpus": 0})), "cpus"),
         (small(json!({"memory_mb": 64})), "memory_mb"),
         (small(json!({"disk_size_mb": 1})), "disk_size_mb"),
-        (small(json!({"config": {"env": [{"key": "A=B", "value": "x"}]}})), "config.env"),
+        (
+            small(json!({"config": {"env": [{"key": "A=B", "value": "x"}]}})),
+            "config.env",
+        ),
         (small(json!({"config": {"ttl": 0}})), "config.ttl"),
     ] {
         let (st, b) = s.call("POST", "/workspace", Some(body)).await;
         assert_eq!(st, 422, "{b}");
-        assert_eq!((b["success"].clone(), b["code"].clone()), (json!(false), json!("validation_error")));
+        assert_eq!(
+            (b["success"].clone(), b["code"].clone()),
+            (json!(false), json!("validation_error"))
+        );
         assert_eq!(b["details"]["field"], field, "{b}");
     }
     let (_, b) = s.call("GET", "/workspace", None).await;
@@ -199,7 +232,10 @@ async fn validation_idempotency_exec_and_delete() {
     for _ in 0..5 {
         let sdk = s.sdk();
         tasks.push(tokio::spawn(async move {
-            sdk.create(&small(json!({"idempotency_key": "same", "wait_ready": true}))).await
+            sdk.create(&small(
+                json!({"idempotency_key": "same", "wait_ready": true}),
+            ))
+            .await
         }));
     }
     let mut ids = std::collections::HashSet::new();
@@ -209,7 +245,9 @@ async fn validation_idempotency_exec_and_delete() {
     }
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = ids.into_iter().next().unwrap();
-    let w = wait_for(&s, &id, 120, |w| w.is_some_and(|w| w["ready"] == true)).await.unwrap();
+    let w = wait_for(&s, &id, 120, |w| w.is_some_and(|w| w["ready"] == true))
+        .await
+        .unwrap();
     assert_eq!(w["status"], "running");
     let (_, b) = s.call("GET", "/workspace", None).await;
     assert_eq!(b["total"], 1);
@@ -225,7 +263,13 @@ async fn validation_idempotency_exec_and_delete() {
         .await
         .unwrap();
     assert_eq!(out.stdout.as_deref(), Some("through-the-gateway\n"));
-    let (_, raw) = s.call("GET", &format!("/workspace/{id}/runtime-api-access/token/raw"), None).await;
+    let (_, raw) = s
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token/raw"),
+            None,
+        )
+        .await;
     let direct = warren_sdk::RuntimeClient::new(
         &format!("http://{}:{}", raw["ip"].as_str().unwrap(), raw["port"]),
         raw["token"].as_str().unwrap(),
@@ -233,7 +277,13 @@ async fn validation_idempotency_exec_and_delete() {
     .unwrap();
     assert!(direct.health().await.unwrap());
     // An expired or foreign token is refused by the gateway.
-    let (_, t) = s.call("GET", &format!("/workspace/{id}/runtime-api-access/token"), None).await;
+    let (_, t) = s
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token"),
+            None,
+        )
+        .await;
     let gw = t["gateway_url"].as_str().unwrap();
     let bad = warren_sdk::RuntimeClient::new(gw, "eyJhbGciOiJIUzI1NiJ9.e30.bad").unwrap();
     match bad.health().await {
@@ -242,7 +292,13 @@ async fn validation_idempotency_exec_and_delete() {
     }
 
     // Invalid updates change nothing either.
-    let (st, _) = s.call("PUT", &format!("/workspace/{id}"), Some(json!({"slug": "No Good"}))).await;
+    let (st, _) = s
+        .call(
+            "PUT",
+            &format!("/workspace/{id}"),
+            Some(json!({"slug": "No Good"})),
+        )
+        .await;
     assert_eq!(st, 422);
     let (_, after) = s.call("GET", &format!("/workspace/{id}"), None).await;
     assert_eq!(after["workspace"]["slug"], Value::Null);
@@ -258,7 +314,11 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
 
     // A running workspace with a file in it.
     let s = Server::start(data.path());
-    let r = s.sdk().create(&small(json!({"name": "keeper", "wait_ready": true}))).await.unwrap();
+    let r = s
+        .sdk()
+        .create(&small(json!({"name": "keeper", "wait_ready": true})))
+        .await
+        .unwrap();
     let keeper = r["workspace"]["id"].as_str().unwrap().to_string();
     assert_eq!(r["workspace"]["ready"], true, "{r}");
     let rt = s.sdk().runtime(&keeper).await.unwrap();
@@ -272,20 +332,40 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
     .unwrap();
 
     // kill -9 during a create.
-    let (st, b) = s.call("POST", "/workspace", Some(small(json!({"name": "interrupted"})))).await;
+    let (st, b) = s
+        .call(
+            "POST",
+            "/workspace",
+            Some(small(json!({"name": "interrupted"}))),
+        )
+        .await;
     assert_eq!(st, 201, "{b}");
     let interrupted = b["workspace"]["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.kill9();
-    assert!(vmm_running(&keeper), "the keeper's VM must outlive the server");
+    assert!(
+        vmm_running(&keeper),
+        "the keeper's VM must outlive the server"
+    );
 
     // Back up: the keeper is adopted with its files, the interrupted create finishes.
     let s = Server::start(data.path());
-    let w = wait_for(&s, &keeper, 60, |w| w.is_some_and(|w| w["status"] == "running")).await.unwrap();
+    let w = wait_for(&s, &keeper, 60, |w| {
+        w.is_some_and(|w| w["status"] == "running")
+    })
+    .await
+    .unwrap();
     assert_eq!(w["ready"], true);
     let rt = s.sdk().runtime(&keeper).await.unwrap();
-    assert_eq!(rt.read("/root/kept.txt").await.unwrap().content, "still here");
-    let w = wait_for(&s, &interrupted, 120, |w| w.is_some_and(|w| w["ready"] == true)).await.unwrap();
+    assert_eq!(
+        rt.read("/root/kept.txt").await.unwrap().content,
+        "still here"
+    );
+    let w = wait_for(&s, &interrupted, 120, |w| {
+        w.is_some_and(|w| w["ready"] == true)
+    })
+    .await
+    .unwrap();
     assert_eq!(w["name"], "interrupted");
     let (_, b) = s.call("GET", "/workspace", None).await;
     assert_eq!(b["total"], 2, "no workspace lost or duplicated: {b}");
@@ -311,11 +391,20 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
 
     // kill -9 during a delete.
     let s = Server::start(data.path());
-    let w = wait_for(&s, &keeper, 60, |w| w.is_some_and(|w| w["status"] == "stopped")).await.unwrap();
+    let w = wait_for(&s, &keeper, 60, |w| {
+        w.is_some_and(|w| w["status"] == "stopped")
+    })
+    .await
+    .unwrap();
     assert_eq!(w["ready"], false);
     assert!(!vmm_running(&keeper), "a stopped workspace has no VM");
-    wait_for(&s, &interrupted, 60, |w| w.is_some_and(|w| w["ready"] == true)).await;
-    let (st, _) = s.call("DELETE", &format!("/workspace/{interrupted}"), None).await;
+    wait_for(&s, &interrupted, 60, |w| {
+        w.is_some_and(|w| w["ready"] == true)
+    })
+    .await;
+    let (st, _) = s
+        .call("DELETE", &format!("/workspace/{interrupted}"), None)
+        .await;
     assert_eq!(st, 202);
     s.kill9();
 
@@ -327,10 +416,15 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
     assert_eq!(b["total"], 1);
 
     // The stopped keeper starts with its files.
-    let (st, b) = s.call("POST", &format!("/workspace/{keeper}/start"), None).await;
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{keeper}/start"), None)
+        .await;
     assert_eq!((st, b["status"].clone()), (200, json!("running")), "{b}");
     let rt = s.sdk().runtime(&keeper).await.unwrap();
-    assert_eq!(rt.read("/root/kept.txt").await.unwrap().content, "still here");
+    assert_eq!(
+        rt.read("/root/kept.txt").await.unwrap().content,
+        "still here"
+    );
 
     delete_all(&s).await;
     assert_nothing_left(data.path(), &[keeper, interrupted]);
@@ -343,17 +437,25 @@ async fn ttl_and_remove_on_exit() {
     let s = Server::start(data.path());
     let stop = s
         .sdk()
-        .create(&small(json!({"mode": "temporary", "wait_ready": true, "config": {"ttl": "2s"}})))
+        .create(&small(
+            json!({"mode": "temporary", "wait_ready": true, "config": {"ttl": "2s"}}),
+        ))
         .await
         .unwrap();
     let stop_id = stop["workspace"]["id"].as_str().unwrap().to_string();
     let exits = s
         .sdk()
-        .create(&small(json!({"config": {"cmd": "sleep 1; exit 7", "remove_on_exit": true}})))
+        .create(&small(
+            json!({"config": {"cmd": "sleep 1; exit 7", "remove_on_exit": true}}),
+        ))
         .await
         .unwrap();
     let exit_id = exits["workspace"]["id"].as_str().unwrap().to_string();
-    let w = wait_for(&s, &stop_id, 60, |w| w.is_some_and(|w| w["status"] == "stopped")).await.unwrap();
+    let w = wait_for(&s, &stop_id, 60, |w| {
+        w.is_some_and(|w| w["status"] == "stopped")
+    })
+    .await
+    .unwrap();
     assert_eq!(w["info"]["user_requested_stop"], false);
     assert!(!vmm_running(&stop_id));
     wait_for(&s, &exit_id, 60, |w| w.is_none()).await;

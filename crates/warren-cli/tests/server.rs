@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use warren_sdk::ControlClient;
 
 /// Servers share the host's address pool and taps: one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Server {
     child: Child,
@@ -187,7 +187,7 @@ async fn delete_all(s: &Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_idempotency_exec_and_delete() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
     let s = Server::start(data.path());
     // First start: credentials written 0600, exactly one "listening" line.
@@ -251,7 +251,7 @@ async fn validation_idempotency_exec_and_delete() {
     assert_eq!(w["status"], "running");
     let (_, b) = s.call("GET", "/workspace", None).await;
     assert_eq!(b["total"], 1);
-    assert_eq!(run_dirs(data.path()), [id.clone()]);
+    assert_eq!(run_dirs(data.path()), [id.as_str()]);
 
     // The runtime API through the gateway, and directly with the raw token.
     let rt = s.sdk().runtime(&id).await.unwrap();
@@ -309,7 +309,7 @@ async fn validation_idempotency_exec_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
 
     // A running workspace with a file in it.
@@ -411,7 +411,7 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
     let s = Server::start(data.path());
     wait_for(&s, &interrupted, 60, |w| w.is_none()).await;
     assert!(!vmm_running(&interrupted));
-    assert_eq!(run_dirs(data.path()), [keeper.clone()]);
+    assert_eq!(run_dirs(data.path()), [keeper.as_str()]);
     let (_, b) = s.call("GET", "/workspace", None).await;
     assert_eq!(b["total"], 1);
 
@@ -432,7 +432,7 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_and_remove_on_exit() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
     let s = Server::start(data.path());
     let stop = s
@@ -460,7 +460,7 @@ async fn ttl_and_remove_on_exit() {
     assert!(!vmm_running(&stop_id));
     wait_for(&s, &exit_id, 60, |w| w.is_none()).await;
     assert!(!vmm_running(&exit_id));
-    assert_eq!(run_dirs(data.path()), [stop_id.clone()]);
+    assert_eq!(run_dirs(data.path()), [stop_id.as_str()]);
     delete_all(&s).await;
     assert_nothing_left(data.path(), &[stop_id, exit_id]);
 }

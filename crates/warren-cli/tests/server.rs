@@ -26,6 +26,10 @@ struct Server {
 
 impl Server {
     fn start(data: &Path) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .args([
                 "server",
@@ -35,6 +39,7 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .args(["--default-image", "busybox"])
+            .args(extra)
             .env("WARREN_DATA_DIR", data)
             .env("WARREN_CACHE_DIR", cache_dir())
             .env("WARREN_AGENT", agent())
@@ -49,10 +54,10 @@ impl Server {
         let log = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
                 if let Some(url) = line.strip_prefix("warren: api listening on ") {
                     let _ = tx.send(url.to_string());
                 }
-                log.lock().unwrap().push_str(&(line + "\n"));
             }
         });
         let url = rx
@@ -112,7 +117,39 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failed test must not leave its VMs running (they outlive the server).
+            let marker = self.data.join("workspaces").display().to_string();
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let pid = e.file_name().to_string_lossy().to_string();
+                if pid.parse::<u32>().is_err() {
+                    continue;
+                }
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                if cmd.contains("qemu-system") && cmd.contains(&marker) {
+                    let _ = Command::new("kill").args(["-9", &pid]).status();
+                }
+            }
+        }
     }
+}
+
+/// `warren <args>` as a client of `s`: (exit code, stdout, stderr).
+fn cli(s: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env("WARREN_URL", &s.url)
+        .env("WARREN_DATA_DIR", &s.data)
+        .env_remove("WARREN_CLIENT_ID")
+        .env_remove("WARREN_CLIENT_SECRET")
+        .output()
+        .expect("run warren");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn small(extra: Value) -> Value {
@@ -189,7 +226,7 @@ async fn delete_all(s: &Server) {
 async fn validation_idempotency_exec_and_delete() {
     let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path());
+    let s = Server::start_with(data.path(), &["--gateway-token-ttl", "3"]);
     // First start: credentials written 0600, exactly one "listening" line.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(data.path().join("credentials.json"))
@@ -290,6 +327,79 @@ async fn validation_idempotency_exec_and_delete() {
         Err(warren_sdk::SdkError::Api { status, .. }) => assert_eq!(status, 401),
         other => panic!("{other:?}"),
     }
+
+    // A gateway token expires on its own.
+    let (_, t) = s
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token"),
+            None,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/health", t["gateway_url"].as_str().unwrap()))
+        .bearer_auth(t["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["success"].clone(), b["code"].clone()),
+        (json!(false), json!("token_expired"))
+    );
+
+    // The CLI: tables, --json, exec's exit code, files.
+    let (code, out, err) = cli(&s, &["workspace", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID "), "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&id) && l.contains("running")),
+        "{out}"
+    );
+    let (code, out, err) = cli(&s, &["workspace", "get", &id, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["workspace"]["id"], json!(id));
+    let (code, out, _) = cli(
+        &s,
+        &["exec", &id, "--", "sh", "-c", "echo from-cli; exit 3"],
+    );
+    assert_eq!((code, out.as_str()), (3, "from-cli\n"));
+    let local = data.path().join("up.bin");
+    std::fs::write(&local, b"\x00\x01binary\xff").unwrap();
+    let (code, _, err) = cli(
+        &s,
+        &["files", "put", &id, local.to_str().unwrap(), "/root/up.bin"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let back = data.path().join("down.bin");
+    let (code, _, err) = cli(
+        &s,
+        &[
+            "workspace",
+            "files",
+            "get",
+            &id,
+            "/root/up.bin",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&back).unwrap(), b"\x00\x01binary\xff");
+    let (code, out, err) = cli(&s, &["files", "ls", &id, "/root"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("file") && l.ends_with("up.bin")),
+        "{out}"
+    );
+    let (code, _, err) = cli(&s, &["workspace", "get", "ws_nothere"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404 not_found"), "{err}");
 
     // Invalid updates change nothing either.
     let (st, _) = s

@@ -151,7 +151,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 pub async fn image_build(reference: &str, node: &NodeArgs) -> anyhow::Result<i32> {
     let node = Node::new(node.config())?;
     let progress = warren_images::BarProgress::new();
-    let img = node.images().resolve(reference, &progress).await?;
+    let img = node.images().refresh(reference, &progress).await?;
     progress.finish("");
     println!("{} {} {}", img.reference, img.digest, img.rootfs.display());
     Ok(0)

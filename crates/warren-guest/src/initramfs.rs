@@ -16,7 +16,16 @@ use std::path::{Path, PathBuf};
 const LAYOUT_VERSION: u32 = 1;
 
 const DIRS: &[&str] = &[
-    "dev", "proc", "sys", "run", "tmp", "mnt", "etc", "etc/warren", "lib", "lib/modules",
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "mnt",
+    "etc",
+    "etc/warren",
+    "lib",
+    "lib/modules",
 ];
 
 /// Build (or reuse) the initramfs for `kernel` with `agent` as /init, under
@@ -29,20 +38,20 @@ pub fn build_initramfs(
     if !agent.is_file() {
         return Err(GuestError::AgentMissing(agent.to_path_buf()));
     }
-    let agent_bytes =
-        std::fs::read(agent).map_err(io_err(format!("read agent {}", agent.display())))?;
     let module_list = kernel
         .modules
         .iter()
         .map(|(inner, _)| format!("/{inner}\n"))
         .collect::<String>();
 
+    // Keyed by the inputs' identity (path, size, mtime, inode), not their contents:
+    // this runs on every workspace boot and hashing megabytes each time would cost
+    // more than the lookup is worth. A rebuilt agent or module gets a new mtime.
     let mut h = Sha256::new();
     h.update(LAYOUT_VERSION.to_le_bytes());
-    h.update(&agent_bytes);
     h.update(module_list.as_bytes());
-    for (_, host) in &kernel.modules {
-        h.update(crate::sha256_file(host)?.as_bytes());
+    for p in std::iter::once(agent).chain(kernel.modules.iter().map(|(_, host)| host.as_path())) {
+        h.update(file_identity(p)?.as_bytes());
     }
     let key = hex::encode(h.finalize());
     let dir = cache_dir.join("initramfs");
@@ -52,6 +61,8 @@ pub fn build_initramfs(
         return Ok(out);
     }
 
+    let agent_bytes =
+        std::fs::read(agent).map_err(io_err(format!("read agent {}", agent.display())))?;
     let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err("create temp initramfs"))?;
     let mut w = BufWriter::new(tmp.as_file());
     let mut ino = 1u32;
@@ -70,7 +81,14 @@ pub fn build_initramfs(
     for d in &dirs {
         w = entry(w, d, ModeFileType::Directory, 0o755, &[], &mut ino)?;
     }
-    w = entry(w, "init", ModeFileType::Regular, 0o755, &agent_bytes, &mut ino)?;
+    w = entry(
+        w,
+        "init",
+        ModeFileType::Regular,
+        0o755,
+        &agent_bytes,
+        &mut ino,
+    )?;
     w = entry(
         w,
         MODULE_LIST_PATH,
@@ -86,11 +104,10 @@ pub fn build_initramfs(
     let mut w = cpio::newc::trailer(w).map_err(io_err("write cpio trailer"))?;
     w.flush().map_err(io_err("flush initramfs"))?;
     drop(w);
-    tmp.persist(&out)
-        .map_err(|e| GuestError::Io {
-            context: format!("install {}", out.display()),
-            source: e.error,
-        })?;
+    tmp.persist(&out).map_err(|e| GuestError::Io {
+        context: format!("install {}", out.display()),
+        source: e.error,
+    })?;
     Ok(out)
 }
 
@@ -118,6 +135,20 @@ fn entry<W: Write>(
         .write_all(data)
         .map_err(io_err(format!("write {name} into initramfs")))?;
     writer.finish().map_err(io_err(format!("finish {name}")))
+}
+
+fn file_identity(p: &Path) -> Result<String, GuestError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).map_err(io_err(format!("stat {}", p.display())))?;
+    Ok(format!(
+        "{}:{}:{}.{}:{}:{}\n",
+        p.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino(),
+        m.dev()
+    ))
 }
 
 /// An exclusive `flock` held until dropped.
@@ -167,6 +198,7 @@ mod tests {
             release: "6.1.0-test".into(),
             vmlinux: tmp.path().join("vmlinux"),
             modules: vec![("lib/modules/6.1.0-test/kernel/virtio.ko".into(), m)],
+            needs_acpi: true,
         };
         let out = build_initramfs(&k, &agent, tmp.path()).expect("build");
         let again = build_initramfs(&k, &agent, tmp.path()).expect("cached");
@@ -195,8 +227,12 @@ mod tests {
             "/lib/modules/6.1.0-test/kernel/virtio.ko\n"
         );
         assert!(names.contains(&"lib/modules/6.1.0-test/kernel".to_string()));
-        assert!(names.iter().position(|n| n == "lib/modules/6.1.0-test/kernel")
-            < names.iter().position(|n| n.ends_with("virtio.ko")));
+        assert!(
+            names
+                .iter()
+                .position(|n| n == "lib/modules/6.1.0-test/kernel")
+                < names.iter().position(|n| n.ends_with("virtio.ko"))
+        );
     }
 
     #[test]

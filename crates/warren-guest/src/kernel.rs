@@ -30,6 +30,10 @@ pub struct GuestKernel {
     pub vmlinux: PathBuf,
     /// `(path inside the initramfs, host file)` for each module, in load order.
     pub modules: Vec<(String, PathBuf)>,
+    /// Debian's kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES, so under `microvm` it finds
+    /// the virtio devices only through ACPI. Our own kernel has it and boots with ACPI
+    /// off (faster).
+    pub needs_acpi: bool,
 }
 
 impl GuestKernel {
@@ -39,6 +43,7 @@ impl GuestKernel {
             release: release.to_string(),
             vmlinux,
             modules: Vec::new(),
+            needs_acpi: false,
         }
     }
 
@@ -67,6 +72,7 @@ impl GuestKernel {
             release: pin.release.to_string(),
             vmlinux: dir.join("vmlinux"),
             modules,
+            needs_acpi: true,
         })
     }
 }
@@ -79,7 +85,11 @@ fn fetch(pin: &KernelPin, dir: &Path) -> Result<(), GuestError> {
     if dir.join("complete").exists() {
         return Ok(());
     }
-    tracing::info!(package = pin.package, version = pin.version, "fetching guest kernel");
+    tracing::info!(
+        package = pin.package,
+        version = pin.version,
+        "fetching guest kernel"
+    );
     let work = tempfile::Builder::new()
         .prefix(".fetch-")
         .tempdir_in(parent)

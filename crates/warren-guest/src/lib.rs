@@ -57,6 +57,8 @@ pub struct GuestAssets {
     pub vmlinux: PathBuf,
     pub initramfs: PathBuf,
     pub kernel_release: String,
+    /// The kernel finds its devices only through ACPI (see `GuestKernel::needs_acpi`).
+    pub needs_acpi: bool,
 }
 
 /// sha256 of a file, hex.

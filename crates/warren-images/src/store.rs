@@ -147,6 +147,11 @@ struct RefRecord {
     digest: String,
     manifest_digest: Option<String>,
     updated_unix: u64,
+    /// For catalog images: the recipe's digest without its package inputs, so a
+    /// resolve can tell the cached image still follows today's recipe without asking
+    /// apt (which costs about a second) on every workspace create.
+    #[serde(default)]
+    recipe: Option<String>,
 }
 
 const META_FORMAT: u32 = 1;
@@ -358,19 +363,33 @@ impl ImageStore {
         serde_json::from_slice(&bytes).ok()
     }
 
+    fn write_recipe_ref(&self, name: &str, digest: &str, recipe: &str) -> Result<(), ImageError> {
+        self.write_ref_record(RefRecord {
+            reference: name.to_string(),
+            digest: digest.to_string(),
+            manifest_digest: None,
+            updated_unix: now_unix(),
+            recipe: Some(recipe.to_string()),
+        })
+    }
+
     fn write_ref(
         &self,
         reference: &str,
         digest: &str,
         manifest_digest: Option<String>,
     ) -> Result<(), ImageError> {
-        let rec = RefRecord {
+        self.write_ref_record(RefRecord {
             reference: reference.to_string(),
             digest: digest.to_string(),
             manifest_digest,
             updated_unix: now_unix(),
-        };
-        let path = self.refs.join(ref_file_name(reference));
+            recipe: None,
+        })
+    }
+
+    fn write_ref_record(&self, rec: RefRecord) -> Result<(), ImageError> {
+        let path = self.refs.join(ref_file_name(&rec.reference));
         let mut tmp =
             tempfile::NamedTempFile::new_in(&self.refs).ctx("create a file in", &self.refs)?;
         tmp.write_all(&serde_json::to_vec_pretty(&rec).unwrap_or_default())
@@ -575,6 +594,26 @@ impl ImageStore {
         reference: &str,
         progress: &dyn Progress,
     ) -> Result<Image, ImageError> {
+        self.resolve_opts(reference, progress, false).await
+    }
+
+    /// Like [`ImageStore::resolve`], but a catalog image also re-checks its package
+    /// inputs (e.g. a newer busybox-static in apt) and is rebuilt if they changed.
+    /// `resolve` trusts a cached catalog image built from today's recipe.
+    pub async fn refresh(
+        &self,
+        reference: &str,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        self.resolve_opts(reference, progress, true).await
+    }
+
+    async fn resolve_opts(
+        &self,
+        reference: &str,
+        progress: &dyn Progress,
+        refresh: bool,
+    ) -> Result<Image, ImageError> {
         let reference = reference.trim();
         let parsed = reference::parse(reference, &self.catalog)?;
         let mut image = match parsed {
@@ -583,7 +622,7 @@ impl ImageStore {
                 detail: "no cached image has this digest; `warren image ls` lists the cached ones"
                     .into(),
             })?,
-            Reference::Catalog(i) => self.resolve_recipe(i, progress).await?,
+            Reference::Catalog(i) => self.resolve_recipe(i, progress, refresh).await?,
             Reference::OciLayout { path, tag } => {
                 let r = reference.to_string();
                 let src = run_blocking(progress, move |_| {
@@ -613,9 +652,20 @@ impl ImageStore {
         &self,
         index: usize,
         progress: &dyn Progress,
+        refresh: bool,
     ) -> Result<Image, ImageError> {
         let entry = self.catalog[index].clone();
         let suite = self.cfg.suite.clone();
+        let recipe_key = recipes::recipe_digest(&entry, &suite, None);
+        if !refresh {
+            if let Some(img) = self
+                .read_ref(&entry.name)
+                .filter(|r| r.recipe.as_deref() == Some(recipe_key.as_str()))
+                .and_then(|r| self.load(&r.digest).ok().flatten())
+            {
+                return Ok(img);
+            }
+        }
         let deb = match &entry.recipe {
             Recipe::Busybox => {
                 let debs = self.debs.clone();
@@ -638,12 +688,12 @@ impl ImageStore {
         };
         let digest = recipes::recipe_digest(&entry, &suite, deb.as_ref());
         if let Some(img) = self.load(&digest)? {
-            self.write_ref(&entry.name, &digest, None)?;
+            self.write_recipe_ref(&entry.name, &digest, &recipe_key)?;
             return Ok(img);
         }
         let _lock = self.lock(&digest, progress).await?;
         if let Some(img) = self.load(&digest)? {
-            self.write_ref(&entry.name, &digest, None)?;
+            self.write_recipe_ref(&entry.name, &digest, &recipe_key)?;
             return Ok(img);
         }
         let work = self.new_workdir()?;
@@ -677,7 +727,7 @@ impl ImageStore {
                 },
             )
             .await?;
-        self.write_ref(&name, &digest, None)?;
+        self.write_recipe_ref(&name, &digest, &recipe_key)?;
         Ok(image)
     }
 

@@ -474,6 +474,7 @@ impl Node {
             control_socket: run_dir.join("agent.sock"),
             console_log: run_dir.join("console.log"),
             accel: self.accel,
+            acpi: assets.needs_acpi,
             die_with_parent: spec.die_with_owner,
         }
     }
@@ -617,6 +618,7 @@ fn prepare_guest(cfg: &NodeConfig) -> Result<GuestAssets> {
         vmlinux: kernel.vmlinux,
         initramfs,
         kernel_release: kernel.release,
+        needs_acpi: kernel.needs_acpi,
     })
 }
 

@@ -81,6 +81,10 @@ pub struct VmSpec {
     /// Where the guest's serial console is written.
     pub console_log: PathBuf,
     pub accel: Accel,
+    /// Describe devices to the guest through ACPI. Kernels without
+    /// VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) need it; with it off, QEMU lists the
+    /// virtio-mmio devices on the kernel command line instead, which boots faster.
+    pub acpi: bool,
     /// Kill the VMM when the process that started it dies (standalone `warren run`).
     pub die_with_parent: bool,
 }

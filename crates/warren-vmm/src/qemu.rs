@@ -302,9 +302,10 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("warren-{},debug-threads=on", spec.id)]);
+    let acpi = if spec.acpi { "on" } else { "off" };
     push(&[
         "-M",
-        "microvm,x-option-roms=off,isa-serial=on,rtc=on,pic=off",
+        &format!("microvm,x-option-roms=off,isa-serial=on,rtc=on,pic=off,acpi={acpi}"),
     ]);
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
@@ -428,6 +429,7 @@ mod tests {
             control_socket: "/run/w/agent.sock".into(),
             console_log: "/run/w/console.log".into(),
             accel: Accel::Tcg,
+            acpi: true,
             die_with_parent: false,
         }
     }

@@ -69,7 +69,10 @@ pub async fn poweroff(control: &ControlTx, data: Option<&OwnedFd>, reason: &str)
     mounts::remount_readonly(data);
     nix::unistd::sync();
     tracing::info!("power off");
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // Reboot, not power off: the host runs QEMU with -no-reboot, so a reboot ends the
+    // VM whatever the kernel, while powering off needs ACPI, which a minimal guest
+    // kernel booted with acpi=off does not have (it would only halt).
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     super::idle_forever()
 }
 

@@ -71,6 +71,9 @@ fn request_id() -> String {
     format!("req_{}", hex::encode(b))
 }
 
+/// Bodies up to this size are buffered so a refused connection can be retried.
+const MAX_RETRY_BODY: usize = 1 << 20;
+
 /// Hop-by-hop headers (RFC 9110 7.6.1) and the ones we replace.
 fn skip_header(name: &HeaderName) -> bool {
     matches!(
@@ -179,17 +182,51 @@ async fn forward_inner(st: &GatewayState, req: Request) -> Result<Response, GwEr
             upstream_query(req.uri().query())
         );
         let (parts, body) = req.into_parts();
-        let mut out = st
-            .http
-            .request(parts.method.clone(), &url)
-            .bearer_auth(agent_token);
-        for (k, v) in parts.headers.iter() {
-            if !skip_header(k) {
-                out = out.header(k, v);
+        let request = |body: reqwest::Body| {
+            let mut out = st
+                .http
+                .request(parts.method.clone(), &url)
+                .bearer_auth(agent_token);
+            for (k, v) in parts.headers.iter() {
+                if !skip_header(k) {
+                    out = out.header(k, v);
+                }
             }
-        }
-        let body = reqwest::Body::wrap_stream(body.into_data_stream());
-        let resp = out.body(body).send().await.map_err(|e| {
+            out.body(body)
+        };
+        // Small bodies (JSON calls) are kept so a connection the guest refused can be
+        // tried again: right after a start the first connection to a fresh tap can
+        // fail. Nothing of the request reached the agent then, so a retry is safe.
+        // Large or unsized bodies (uploads) stream through once.
+        let small = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n <= MAX_RETRY_BODY)
+            || (parts.headers.get(header::CONTENT_LENGTH).is_none()
+                && parts.headers.get(header::TRANSFER_ENCODING).is_none());
+        let sent = if small {
+            let bytes = axum::body::to_bytes(body, MAX_RETRY_BODY).await.map_err(|e| {
+                GwError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}"))
+            })?;
+            let mut attempt = 0;
+            loop {
+                match request(reqwest::Body::from(bytes.clone())).send().await {
+                    Err(e) if e.is_connect() && attempt < 10 => {
+                        attempt += 1;
+                        tracing::debug!(attempt, error = %e, "agent refused the connection; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    }
+                    other => break other,
+                }
+            }
+        } else {
+            request(reqwest::Body::wrap_stream(body.into_data_stream()))
+                .send()
+                .await
+        };
+        let resp = sent.map_err(|e| {
             let mut why = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {

@@ -12,7 +12,7 @@ ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
 [ -n "$ver" ] && [ "$ver" != "(none)" ] || { echo "apt-get update first: no candidate for $pkg" >&2; exit 1; }
 key=$( (echo "$ver"; cat guest/kernel/workspace.config) | sha256sum | cut -c1-16)
 out="$cache/$key/vmlinux"
-if [ -f "$out" ]; then echo "$out"; exit 0; fi
+if [ -f "$out" ]; then ln -sfn "$key" "$cache/current"; echo "$out"; exit 0; fi
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -37,4 +37,6 @@ nice make -C "$src" -s -j"$(nproc)" vmlinux >&2
 mkdir -p "$cache/$key"
 cp "$src/vmlinux" "$out.tmp" && mv "$out.tmp" "$out"
 cp "$src/.config" "$cache/$key/config"
+# The node boots $cache/current/vmlinux when --kernel is auto or minimal.
+ln -sfn "$key" "$cache/current"
 echo "$out"

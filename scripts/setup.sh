@@ -11,6 +11,7 @@ install -D -m 0755 "$bindir/warren" /usr/local/bin/warren
 install -D -m 0755 "$bindir/warren-agent" /usr/local/lib/warren/warren-agent
 echo "installed /usr/local/bin/warren and /usr/local/lib/warren/warren-agent"
 
+scripts/build-kernel.sh   # the minimal guest kernel (the faster default); cached
 warren image-build busybox
 warren image-build debian-12
 echo "first workspace:"

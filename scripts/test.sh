@@ -12,6 +12,9 @@ export WARREN_CACHE_DIR="${WARREN_CACHE_DIR:-/var/cache/warren}"
 cargo fmt --all --check
 cargo clippy -q --workspace --all-targets -- -D warnings
 
+# The minimal guest kernel (the default when built): built once per config, cached.
+scripts/build-kernel.sh >/dev/null
+
 # Warm the caches the VM tests share (kernel, busybox and debian-12 images) once, so
 # parallel tests do not all wait on the same first build.
 "$bindir/warren" image-build busybox >/dev/null

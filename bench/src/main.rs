@@ -30,9 +30,10 @@ struct Args {
     cache_dir: PathBuf,
     #[arg(long, env = "WARREN_AGENT")]
     agent: Option<PathBuf>,
-    /// Also measure this vmlinux (all drivers built in) against the Debian kernel.
-    #[arg(long, env = "WARREN_BENCH_KERNEL")]
-    kernel: Option<PathBuf>,
+    /// Guest kernels to measure and compare: minimal (scripts/build-kernel.sh builds
+    /// it), debian, or paths.
+    #[arg(long, value_delimiter = ',', default_value = "minimal,debian")]
+    kernels: Vec<String>,
 }
 
 struct Sample {
@@ -101,16 +102,13 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-async fn bench_kernel(
-    label: &str,
-    args: &Args,
-    kernel: Option<PathBuf>,
-) -> anyhow::Result<Vec<(String, f64)>> {
+async fn bench_kernel(args: &Args, kernel: String) -> anyhow::Result<Vec<(String, f64)>> {
+    let label = kernel.clone();
     let data = tempfile::tempdir()?;
     let mut cfg = NodeConfig {
         data_dir: data.path().to_path_buf(),
         cache_dir: args.cache_dir.clone(),
-        custom_kernel: kernel,
+        kernel,
         ..NodeConfig::default()
     };
     if let Some(a) = &args.agent {
@@ -213,15 +211,20 @@ async fn bench_kernel(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!("# Warren boot benchmark");
-    let debian = bench_kernel("Debian cloud kernel (default)", &args, None).await?;
-    if let Some(k) = args.kernel.clone() {
-        let custom = bench_kernel(&format!("custom {}", k.display()), &args, Some(k)).await?;
-        println!("\n## custom vs Debian kernel (p50 create -> exec)");
-        for ((img, d), (_, c)) in debian.iter().zip(custom.iter()) {
-            println!(
-                "  {img:<12} debian {d:>6.0} ms   custom {c:>6.0} ms   ratio {:.2}",
-                c / d
-            );
+    let mut all = Vec::new();
+    for k in &args.kernels {
+        all.push((k.clone(), bench_kernel(&args, k.clone()).await?));
+    }
+    if all.len() > 1 {
+        println!("\n## kernels compared (p50 cold create -> first exec result)");
+        let (base_name, base) = &all[all.len() - 1];
+        for (name, p50s) in &all {
+            for ((img, p), (_, b)) in p50s.iter().zip(base.iter()) {
+                println!(
+                    "  {name:<10} {img:<12} {p:>6.0} ms   ratio to {base_name}: {:.2}",
+                    p / b
+                );
+            }
         }
     }
     Ok(())

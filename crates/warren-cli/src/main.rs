@@ -41,9 +41,10 @@ pub struct NodeArgs {
     /// The statically linked guest agent.
     #[arg(long, env = "WARREN_AGENT")]
     pub agent: Option<PathBuf>,
-    /// Boot this vmlinux (everything built in) instead of the pinned Debian kernel.
-    #[arg(long, env = "WARREN_KERNEL")]
-    pub kernel: Option<PathBuf>,
+    /// Guest kernel: auto (the minimal kernel if scripts/build-kernel.sh built it, else
+    /// Debian's), minimal, debian, or the path of a vmlinux with everything built in.
+    #[arg(long, env = "WARREN_KERNEL", default_value = "auto")]
+    pub kernel: String,
     /// Address pool for workspaces (each gets a /30).
     #[arg(long, env = "WARREN_NETWORK_CIDR", default_value = "10.88.0.0/16")]
     pub network_cidr: String,
@@ -56,7 +57,7 @@ impl NodeArgs {
             cache_dir: self.cache_dir.clone(),
             accel: self.accel,
             qemu_binary: self.qemu.clone(),
-            custom_kernel: self.kernel.clone(),
+            kernel: self.kernel.clone(),
             network_cidr: self.network_cidr.clone(),
             ..NodeConfig::default()
         };

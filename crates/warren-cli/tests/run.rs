@@ -297,6 +297,29 @@ fn oci_whiteout_removes_the_file() {
 }
 
 #[test]
+fn both_guest_kernels_boot() {
+    let data = tempfile::tempdir().unwrap();
+    for (kernel, release) in [("debian", "6.1.0-56-cloud-amd64"), ("minimal", "6.1.")] {
+        let out = run(
+            data.path(),
+            "busybox",
+            &["--kernel", kernel],
+            &["uname", "-r"],
+        );
+        assert!(
+            out.status.success(),
+            "{kernel}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(got.starts_with(release), "{kernel} booted {got}");
+        if kernel == "minimal" {
+            assert!(!got.contains("cloud"), "{kernel} booted {got}");
+        }
+    }
+}
+
+#[test]
 fn debian_12_boots() {
     let data = tempfile::tempdir().unwrap();
     let out = run(

@@ -23,6 +23,10 @@ pub const DEBIAN_CLOUD_KERNEL: KernelPin = KernelPin {
     release: "6.1.0-56-cloud-amd64",
 };
 
+/// Where scripts/build-kernel.sh leaves Warren's minimal kernel, under the cache dir
+/// (a link to the build of the current config).
+pub const MINIMAL_KERNEL_PATH: &str = "kernel-custom/current/vmlinux";
+
 /// A kernel ready to boot: its ELF image and the modules the guest needs.
 #[derive(Debug, Clone)]
 pub struct GuestKernel {

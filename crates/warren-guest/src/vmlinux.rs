@@ -42,10 +42,7 @@ pub(crate) fn decompress_payload(data: &[u8]) -> Result<Vec<u8>, PayloadError> {
     let mut pos = start + 4;
     let mut out: Vec<u8> = Vec::with_capacity(64 << 20);
     let mut block = vec![0u8; LEGACY_BLOCK_MAX];
-    loop {
-        let Some(len_bytes) = data.get(pos..pos + 4) else {
-            break;
-        };
+    while let Some(len_bytes) = data.get(pos..pos + 4) {
         let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
         if !out.is_empty() && len as usize == out.len() {
             // The appended uncompressed size: the payload ended where it should.

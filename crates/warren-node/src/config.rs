@@ -18,9 +18,11 @@ pub struct NodeConfig {
     pub accel: AccelChoice,
     /// The statically linked guest agent that becomes /init.
     pub agent_binary: PathBuf,
-    /// Boot this vmlinux instead of the pinned Debian kernel (all drivers built in).
-    pub custom_kernel: Option<PathBuf>,
-    /// The custom kernel is PVM-capable (only then may a PVM /dev/kvm be used).
+    /// Which guest kernel to boot: `auto` (our minimal kernel if it has been built by
+    /// scripts/build-kernel.sh, else Debian's), `minimal`, `debian`, or a path to a
+    /// vmlinux with every driver built in.
+    pub kernel: String,
+    /// A kernel given by path is PVM-capable (only then may a PVM /dev/kvm be used).
     pub kernel_pvm_capable: bool,
     /// Addresses for workspaces: each gets a /30 (host end .1, guest .2).
     pub network_cidr: String,
@@ -45,7 +47,7 @@ impl Default for NodeConfig {
             qemu_binary: "qemu-system-x86_64".into(),
             accel: AccelChoice::Auto,
             agent_binary: default_agent_path(),
-            custom_kernel: None,
+            kernel: "auto".into(),
             kernel_pvm_capable: false,
             network_cidr: "10.88.0.0/16".into(),
             dns_servers: Vec::new(),

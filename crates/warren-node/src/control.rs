@@ -38,17 +38,14 @@ impl ControlChannel {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(r).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) => match serde_json::from_str::<GuestMessage>(&line) {
-                        Ok(m) => {
-                            if tx.send(m).is_err() {
-                                break;
-                            }
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<GuestMessage>(&line) {
+                    Ok(m) => {
+                        if tx.send(m).is_err() {
+                            break;
                         }
-                        Err(e) => tracing::warn!(error = %e, line, "unreadable guest message"),
-                    },
-                    Ok(None) | Err(_) => break,
+                    }
+                    Err(e) => tracing::warn!(error = %e, line, "unreadable guest message"),
                 }
             }
         });

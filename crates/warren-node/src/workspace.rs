@@ -158,7 +158,7 @@ impl Node {
         let vmm = QemuVmm::new(config.qemu_binary.clone())?;
         let (accel, accel_reason) = warren_vmm::detect_accel(
             config.accel,
-            config.custom_kernel.is_some() && config.kernel_pvm_capable,
+            config.kernel.starts_with('/') && config.kernel_pvm_capable,
         )?;
         tracing::info!(%accel, reason = %accel_reason, "accelerator");
         for d in [&config.data_dir, &config.cache_dir, &config.run_dir] {
@@ -609,9 +609,43 @@ async fn wait_ready(events: &mut mpsc::UnboundedReceiver<GuestMessage>) -> Resul
 }
 
 fn prepare_guest(cfg: &NodeConfig) -> Result<GuestAssets> {
-    let kernel = match &cfg.custom_kernel {
-        Some(vmlinux) => GuestKernel::custom("custom", vmlinux.clone()),
-        None => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
+    let minimal = cfg
+        .cache_dir
+        .join(warren_guest::kernel::MINIMAL_KERNEL_PATH);
+    let kernel = match cfg.kernel.as_str() {
+        "debian" => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
+        "minimal" => {
+            if !minimal.is_file() {
+                return Err(NodeError::Invalid {
+                    field: "kernel",
+                    reason: format!(
+                        "the minimal kernel is not built ({} is missing): run scripts/build-kernel.sh, or use --kernel debian",
+                        minimal.display()
+                    ),
+                });
+            }
+            GuestKernel::custom("minimal", minimal)
+        }
+        "auto" if minimal.is_file() => GuestKernel::custom("minimal", minimal),
+        "auto" => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
+        path if path.starts_with('/') => {
+            let p = PathBuf::from(path);
+            if !p.is_file() {
+                return Err(NodeError::Invalid {
+                    field: "kernel",
+                    reason: format!("{path} does not exist"),
+                });
+            }
+            GuestKernel::custom("custom", p)
+        }
+        other => {
+            return Err(NodeError::Invalid {
+                field: "kernel",
+                reason: format!(
+                    "{other:?}: use auto, minimal, debian or an absolute path to a vmlinux"
+                ),
+            })
+        }
     };
     let initramfs = warren_guest::build_initramfs(&kernel, &cfg.agent_binary, &cfg.cache_dir)?;
     Ok(GuestAssets {

@@ -13,6 +13,11 @@ ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
 key=$( (echo "$ver"; cat guest/kernel/workspace.config) | sha256sum | cut -c1-16)
 out="$cache/$key/vmlinux"
 if [ -f "$out" ]; then ln -sfn "$key" "$cache/current"; echo "$out"; exit 0; fi
+# One build at a time (parallel CI steps, setup and test scripts).
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+if [ -f "$out" ]; then ln -sfn "$key" "$cache/current"; echo "$out"; exit 0; fi
 
 export DEBIAN_FRONTEND=noninteractive
 need=()

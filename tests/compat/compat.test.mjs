@@ -165,13 +165,23 @@ test('runtime through the gateway: exec.run, exec.stream, files', async () => {
   let err = '';
   let exit;
   let taskId;
-  for await (const ev of rt.exec.stream(['sh', '-c', 'echo one; sleep 1; echo two; echo bad >&2; exit 3'])) {
+  let firstOut;
+  let exitAt;
+  for await (const ev of rt.exec.stream(['sh', '-c', 'echo one; sleep 2; echo two; echo bad >&2; exit 3'])) {
     if (ev.event === 'task_id') taskId = ev.task_id;
-    if (ev.event === 'stdout') out += Buffer.from(ev.data, 'base64').toString();
+    if (ev.event === 'stdout') {
+      firstOut ??= Date.now();
+      out += Buffer.from(ev.data, 'base64').toString();
+    }
     if (ev.event === 'stderr') err += Buffer.from(ev.data, 'base64').toString();
-    if (ev.event === 'exit') exit = ev;
+    if (ev.event === 'exit') {
+      exit = ev;
+      exitAt = Date.now();
+    }
   }
   assert.ok(taskId);
+  // The gateway passes events as they happen, not when the command is done.
+  assert.ok(exitAt - firstOut >= 1500, `first output only ${exitAt - firstOut} ms before the exit`);
   assert.equal(out, 'one\ntwo\n');
   assert.equal(err, 'bad\n');
   assert.equal(exit.exit_code, 3);

@@ -369,8 +369,12 @@ async fn validation_idempotency_exec_and_delete() {
         &["exec", &id, "--", "sh", "-c", "echo from-cli; exit 3"],
     );
     assert_eq!((code, out.as_str()), (3, "from-cli\n"));
+    // Over the gateway's 1 MiB retry buffer: streamed through.
+    let blob: Vec<u8> = (0..(3u32 << 20) / 4)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
     let local = data.path().join("up.bin");
-    std::fs::write(&local, b"\x00\x01binary\xff").unwrap();
+    std::fs::write(&local, &blob).unwrap();
     let (code, _, err) = cli(
         &s,
         &["files", "put", &id, local.to_str().unwrap(), "/root/up.bin"],
@@ -389,7 +393,10 @@ async fn validation_idempotency_exec_and_delete() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read(&back).unwrap(), b"\x00\x01binary\xff");
+    assert!(
+        std::fs::read(&back).unwrap() == blob,
+        "the file came back different"
+    );
     let (code, out, err) = cli(&s, &["files", "ls", &id, "/root"]);
     assert_eq!(code, 0, "{err}");
     assert!(

@@ -584,6 +584,10 @@ async fn unknown_ids_and_later_features() {
         assert_eq!(b["details"]["feature"], feature);
         assert!(b["details"]["issue"].as_str().is_some());
     }
+    let (s, b) = api.call("PATCH", "/workspace", None).await;
+    assert_error(s, &b, 405, "method_not_allowed");
+    let (s, b) = api.call("GET", "/nothing/here", None).await;
+    assert_error(s, &b, 404, "not_found");
     let (s, b) = api
         .call("POST", "/workspace", Some(json!({"namespace": "team-a"})))
         .await;

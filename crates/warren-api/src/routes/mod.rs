@@ -82,7 +82,9 @@ pub fn router(state: AppState) -> Router {
             get(access::raw_token),
         );
     let r = unimplemented::add(r);
-    r.fallback(not_found).with_state(state)
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -90,6 +92,14 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
         axum::http::StatusCode::NOT_FOUND,
         "not_found",
         format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
     )
 }
 

@@ -40,7 +40,8 @@ function startServer() {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 120_000);
     server.stderr.on('data', (chunk) => {
       stderr += chunk.toString();
-      const m = stderr.match(/^warren: api listening on (http:\/\/\S+)$/m);
+      // Whole lines only: a chunk may end in the middle of the address.
+      const m = stderr.match(/^warren: api listening on (http:\/\/\S+)\n/m);
       if (m && !apiUrl) {
         apiUrl = m[1];
         clearTimeout(timer);

@@ -43,6 +43,27 @@ pub enum BackendEvent {
     VmExited { id: String, detail: String },
 }
 
+/// Where a boot is, for the workspace's `provisioning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootPhase {
+    /// Resolving (pulling, building) the image.
+    Preparing,
+    /// The VM is booting.
+    Starting,
+}
+
+/// Receives progress of a boot.
+pub trait BootProgress: Send + Sync {
+    fn phase(&self, phase: BootPhase, message: &str);
+}
+
+/// Ignores progress.
+pub struct NoBootProgress;
+
+impl BootProgress for NoBootProgress {
+    fn phase(&self, _phase: BootPhase, _message: &str) {}
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The spec is outside what the node accepts (maps to 422).
@@ -83,7 +104,11 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     fn validate(&self, spec: &BootSpec) -> Result<(), BackendError>;
     fn images(&self) -> Vec<ImageInfo>;
     /// Boot a new workspace (removing leftovers of an earlier attempt with the same id).
-    async fn create(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
+    async fn create(
+        &self,
+        spec: &BootSpec,
+        progress: &dyn BootProgress,
+    ) -> Result<Booted, BackendError>;
     /// Boot an existing (stopped) workspace with its disk.
     async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
     /// Power off; the disk stays. Not running is not an error.

@@ -11,7 +11,9 @@
 //!   allocation; a failed boot releases everything (the node's guard) and leaves a
 //!   `failed` row that can be retried or deleted.
 
-use crate::backend::{BackendError, BackendEvent, BootSpec, WorkspaceBackend};
+use crate::backend::{
+    BackendError, BackendEvent, BootPhase, BootProgress, BootSpec, WorkspaceBackend,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{self, CreateRequest};
 use crate::ApiConfig;
@@ -44,6 +46,15 @@ impl From<BackendError> for ApiError {
             }
             BackendError::Failed(m) => ApiError::internal(m),
         }
+    }
+}
+
+/// Boot progress into a watch channel (latest value wins).
+struct WatchProgress(tokio::sync::watch::Sender<Option<(BootPhase, String)>>);
+
+impl BootProgress for WatchProgress {
+    fn phase(&self, phase: BootPhase, message: &str) {
+        let _ = self.0.send(Some((phase, message.to_string())));
     }
 }
 
@@ -366,7 +377,28 @@ impl Manager {
         }
         *w = self.store.save_observed(w).await?;
         let r = if fresh {
-            self.backend.create(&spec).await
+            // Progress goes to the row through one writer task, finished before the
+            // final save so it cannot overwrite it.
+            let (tx, mut rx) = tokio::sync::watch::channel(None::<(BootPhase, String)>);
+            let store = self.store.clone();
+            let id = w.id.clone();
+            let writer = tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let Some((phase, msg)) = rx.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    let phase = match phase {
+                        BootPhase::Preparing => ProvisioningPhase::Preparing,
+                        BootPhase::Starting => ProvisioningPhase::Starting,
+                    };
+                    if let Err(e) = store.set_provisioning_progress(&id, phase, &msg).await {
+                        tracing::warn!(error = %e, "cannot record provisioning progress");
+                    }
+                }
+            });
+            let r = self.backend.create(&spec, &WatchProgress(tx)).await;
+            let _ = writer.await;
+            r
         } else {
             self.backend.start(&spec).await
         };

@@ -5,7 +5,8 @@
 //! workspace first stops its watcher, so only unexpected exits become events.
 
 use crate::backend::{
-    BackendError, BackendEvent, BootSpec, Booted, ImageInfo, Limits, WorkspaceBackend,
+    BackendError, BackendEvent, BootPhase, BootProgress, BootSpec, Booted, ImageInfo, Limits,
+    WorkspaceBackend,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -171,6 +172,16 @@ async fn watch(ws: Arc<RunningWorkspace>, node: Arc<Node>, running: Running, eve
     }
 }
 
+/// The image store's progress, as boot progress.
+struct ImageProgress<'a>(&'a dyn BootProgress);
+
+impl warren_images::Progress for ImageProgress<'_> {
+    fn phase(&self, msg: &str) {
+        self.0.phase(BootPhase::Preparing, msg);
+    }
+    fn bytes(&self, _done: u64, _total: Option<u64>) {}
+}
+
 fn category(name: &str) -> &'static str {
     if name.starts_with("postgres") {
         "database"
@@ -211,12 +222,28 @@ impl WorkspaceBackend for NodeBackend {
             .collect()
     }
 
-    async fn create(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+    async fn create(
+        &self,
+        spec: &BootSpec,
+        progress: &dyn BootProgress,
+    ) -> Result<Booted, BackendError> {
         // Leftovers of an interrupted attempt with this id go first.
         if let Some(ws) = self.take(&spec.id).await {
             let _ = self.node.destroy(ws, Duration::ZERO).await;
         }
         self.node.remove(&spec.id).map_err(map_err)?;
+        // The image first (it may be pulled or built: minutes), so the workspace shows
+        // what it is waiting for; the node's own resolve is then a cache hit.
+        progress.phase(
+            BootPhase::Preparing,
+            &format!("Preparing image {}", spec.image),
+        );
+        self.node
+            .images()
+            .resolve(&spec.image, &ImageProgress(progress))
+            .await
+            .map_err(|e| map_err(NodeError::from(e)))?;
+        progress.phase(BootPhase::Starting, "Booting the VM");
         let ws = self
             .node
             .create(&node_spec(spec), &warren_images::NoProgress)

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warren_api::backend::{
-    BackendError, BackendEvent, BootSpec, Booted, ImageInfo, Limits, WorkspaceBackend,
+    BackendError, BackendEvent, BootPhase, BootProgress, BootSpec, Booted, ImageInfo, Limits,
+    WorkspaceBackend,
 };
 use warren_api::{ApiConfig, AppState, Manager};
 use warren_gateway::GatewayKeys;
@@ -74,8 +75,13 @@ impl WorkspaceBackend for TestBackend {
             category: "os".into(),
         }]
     }
-    async fn create(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+    async fn create(
+        &self,
+        spec: &BootSpec,
+        progress: &dyn BootProgress,
+    ) -> Result<Booted, BackendError> {
         self.record(format!("create {}", spec.id));
+        progress.phase(BootPhase::Preparing, "Preparing image busybox");
         tokio::time::sleep(Duration::from_millis(50)).await;
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(BackendError::Failed("the image does not exist".into()));

@@ -513,6 +513,28 @@ impl Store {
         }
     }
 
+    /// Record how far provisioning got (phase and message only).
+    pub async fn set_provisioning_progress(
+        &self,
+        id: &str,
+        phase: ProvisioningPhase,
+        message: &str,
+    ) -> Result<()> {
+        let t = now();
+        sqlx::query(
+            "UPDATE workspaces SET prov_phase = ?, prov_message = ?, prov_updated_at = ?,
+                updated_at = ? WHERE id = ? AND prov_state = 'running'",
+        )
+        .bind(phase.as_str())
+        .bind(message)
+        .bind(&t)
+        .bind(&t)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Set (or clear) when the workspace's TTL runs out.
     pub async fn set_ttl_expiry(&self, id: &str, at: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE workspaces SET ttl_expires_at = ?, updated_at = ? WHERE id = ?")
@@ -619,6 +641,23 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(first.observed_state, ObservedState::Creating);
+        // Progress is recorded only while provisioning runs.
+        s.set_provisioning_progress("ws_one", ProvisioningPhase::Preparing, "pulling")
+            .await
+            .unwrap();
+        let w = s.workspace("ws_one").await.unwrap().unwrap();
+        assert_eq!(w.prov_phase, ProvisioningPhase::Queued);
+        let mut running = w.clone();
+        running.set_provisioning(ProvisioningState::Running, ProvisioningPhase::Starting, "");
+        s.save_observed(&running).await.unwrap();
+        s.set_provisioning_progress("ws_one", ProvisioningPhase::Preparing, "pulling")
+            .await
+            .unwrap();
+        let w = s.workspace("ws_one").await.unwrap().unwrap();
+        assert_eq!(
+            (w.prov_phase, w.prov_message.as_str()),
+            (ProvisioningPhase::Preparing, "pulling")
+        );
         assert_eq!(first.config["env"][0], "A=1");
         match s
             .insert_workspace(&new_ws(&c, "ws_two", Some("k")))

@@ -502,7 +502,11 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
             .send()
             .await;
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill it as soon as the stop is recorded: the VM is powering off right then.
+    wait_for(&s, &keeper, 30, |w| {
+        w.is_some_and(|w| w["desired_status"] == "stopped")
+    })
+    .await;
     s.kill9();
     let _ = stop.await;
 

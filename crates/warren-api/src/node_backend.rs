@@ -313,17 +313,23 @@ impl WorkspaceBackend for NodeBackend {
 
     async fn reconcile(&self, keep: &HashSet<String>) -> Result<serde_json::Value, BackendError> {
         let running: HashSet<String> = lock(&self.running).keys().cloned().collect();
-        let ours = self.node.config.data_dir.join("workspaces");
         // Leases are host-wide: a lease whose workspace has no directory under our
         // data dir belongs to another server or `warren run` (perhaps down right now,
-        // to adopt its VMs later), not to us.
+        // to adopt its VMs later), not to us. Listed before reconcile removes any.
         // TODO(node): reconcile(Scope::All) should itself only release leases of
         // workspaces under its data dir (e.g. the lease naming its data dir).
+        let ours: HashSet<String> = std::fs::read_dir(self.node.config.data_dir.join("workspaces"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
         let r = warren_node::reconcile::reconcile(
             &self.node.config.data_dir,
             self.node.pool(),
             warren_node::reconcile::Scope::All,
-            &|id| keep.contains(id) || running.contains(id) || !ours.join(id).exists(),
+            &|id| keep.contains(id) || running.contains(id) || !ours.contains(id),
         );
         Ok(serde_json::json!({
             "vms_killed": r.vms_killed,

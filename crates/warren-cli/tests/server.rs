@@ -585,3 +585,36 @@ async fn ttl_and_remove_on_exit() {
     delete_all(&s).await;
     assert_nothing_left(data.path(), &[stop_id, exit_id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_start_what_belongs_to_no_workspace_is_removed() {
+    let _g = SERIAL.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    let r = s
+        .sdk()
+        .create(&small(json!({"wait_ready": true})))
+        .await
+        .unwrap();
+    let id = r["workspace"]["id"].as_str().unwrap().to_string();
+    s.kill9();
+    assert!(vmm_running(&id));
+    // The server's record of it goes (as if lost); a stray directory appears too.
+    let store = warren_state::Store::open(&data.path().join("warren.db"))
+        .await
+        .unwrap();
+    assert!(store.delete_workspace(&id).await.unwrap());
+    drop(store);
+    std::fs::create_dir_all(data.path().join("workspaces/ws_stray")).unwrap();
+
+    let s = Server::start(data.path());
+    assert!(!vmm_running(&id), "a VM of no workspace survived the start");
+    assert!(
+        run_dirs(data.path()).is_empty(),
+        "{:?}",
+        run_dirs(data.path())
+    );
+    let (_, b) = s.call("GET", "/workspace", None).await;
+    assert_eq!(b["total"], 0);
+    assert_nothing_left(data.path(), &[id]);
+}

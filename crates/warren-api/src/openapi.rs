@@ -265,6 +265,91 @@ fn error_schema() -> Value {
     })
 }
 
+fn workspace_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "status", "image", "ready", "provisioning", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string", "example": "ws_k3j4h5g6f7d8"},
+            "name": {"type": "string"},
+            "slug": {"type": ["string", "null"]},
+            "logo": {"type": ["string", "null"]},
+            "status": {"type": "string", "enum": ["creating", "starting", "running", "stopping", "stopped", "paused", "failed", "deleting"]},
+            "desired_status": {"type": "string", "enum": ["running", "stopped", "paused", "deleted"]},
+            "mode": {"type": "string", "enum": ["permanent", "temporary"]},
+            "image": {"type": "string"},
+            "namespace": {"type": "null"},
+            "ready": {"type": "boolean", "description": "the runtime API is serving"},
+            "info": {"type": "object", "properties": {
+                "status": {"type": "string"},
+                "is_running": {"type": "boolean"},
+                "user_requested_stop": {"type": "boolean"}
+            }},
+            "provisioning": {"type": "object", "properties": {
+                "state": {"type": "string", "enum": ["queued", "running", "ready", "failed"]},
+                "phase": {"type": "string", "enum": ["queued", "preparing", "starting", "initializing", "ready", "failed", "deleting"]},
+                "message": {"type": "string"},
+                "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+                "created_at": {"type": "string"},
+                "updated_at": {"type": "string"},
+                "completed_at": {"type": ["string", "null"]}
+            }},
+            "lifecycle": {"type": "object", "properties": {
+                "ttl": {"type": ["string", "integer", "null"]},
+                "ttl_action": {"type": ["string", "null"], "enum": ["stop", "pause", "remove", null]},
+                "remove_on_exit": {"type": "boolean"},
+                "restart_policy": {"type": ["string", "null"]},
+                "ttl_expires_at": {"type": ["string", "null"]}
+            }},
+            "resources": {"type": "object", "properties": {
+                "cpus": {"type": "integer"}, "memory_mb": {"type": "integer"}, "disk_size_mb": {"type": "integer"}
+            }},
+            "config": {"type": "object"},
+            "internal_ip": {"type": ["string", "null"]},
+            "last_exit_code": {"type": ["integer", "null"]},
+            "started_at": {"type": ["string", "null"]},
+            "created_at": {"type": "string"},
+            "updated_at": {"type": "string"}
+        }
+    })
+}
+
+fn create_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "wait_ready": {"type": "boolean", "default": false, "description": "answer only once ready (or failed)"},
+            "ready_timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 600},
+            "idempotency_key": {"type": "string", "maxLength": 255, "description": "the same key never creates a second workspace"},
+            "name": {"type": "string", "maxLength": 255},
+            "slug": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{1,126}[a-z0-9]$"},
+            "image": {"type": "string", "description": "busybox, debian-12, python-3.11, node-18, postgres-15, an OCI layout, a docker-save tarball or a registry reference"},
+            "mode": {"type": "string", "enum": ["permanent", "temporary"], "default": "permanent"},
+            "cpus": {"type": "integer", "minimum": 1},
+            "memory_mb": {"type": "integer", "minimum": 128},
+            "disk_size_mb": {"type": "integer", "minimum": 64},
+            "config": {"type": "object", "properties": {
+                "cpus": {"type": "integer"},
+                "memory_mb": {"type": "integer"},
+                "disk_size_mb": {"type": "integer"},
+                "ttl": {"type": ["integer", "string"], "description": "seconds, or \"30m\", \"1h\", \"2d\"; counts from each start"},
+                "ttl_action": {"type": "string", "enum": ["stop", "pause", "remove"], "default": "stop"},
+                "remove_on_exit": {"type": "boolean"},
+                "env": {"oneOf": [
+                    {"type": "array", "items": {"oneOf": [
+                        {"type": "string", "description": "KEY=VALUE"},
+                        {"type": "object", "properties": {"key": {"type": "string"}, "value": {"type": "string"}}}
+                    ]}},
+                    {"type": "object", "additionalProperties": {"type": "string"}}
+                ]},
+                "cmd": {"oneOf": [{"type": "string", "description": "run by /bin/sh -c"}, {"type": "array", "items": {"type": "string"}}]},
+                "restart_policy": {"type": "string", "enum": ["no", "never", "on-failure", "always", "unless-stopped"], "description": "stored; not acted on yet"},
+                "network_config": {"type": "object", "description": "stored; network policy is not enforced yet"}
+            }}
+        }
+    })
+}
+
 fn params(path: &str) -> Vec<Value> {
     path.split('/')
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -300,6 +385,28 @@ pub fn document() -> Value {
             "operationId": format!("{} {}", m, p),
             "responses": responses,
         });
+        let one = json!({"application/json": {"schema": {"type": "object", "properties": {
+            "success": {"type": "boolean"},
+            "workspace": {"$ref": "#/components/schemas/Workspace"}
+        }}}});
+        match (*m, *p) {
+            ("POST", "/workspace") => {
+                op["requestBody"] = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/WorkspaceCreate"}}}});
+                op["responses"]["200"] = json!({"description": "an earlier create with the same idempotency_key", "content": one.clone()});
+                op["responses"]["201"]["content"] = one;
+            }
+            ("GET", "/workspace") => {
+                op["responses"]["200"]["content"] = json!({"application/json": {"schema": {"type": "object", "properties": {
+                    "success": {"type": "boolean"},
+                    "workspaces": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}},
+                    "total": {"type": "integer"}, "page": {"type": "integer"}, "limit": {"type": "integer"}
+                }}}});
+            }
+            ("GET" | "PUT", "/workspace/{id}") | ("POST", "/workspace/{id}/provisioning/retry") => {
+                op["responses"]["200"]["content"] = one;
+            }
+            _ => {}
+        }
         let ps = params(p);
         if !ps.is_empty() {
             op["parameters"] = Value::Array(ps);
@@ -327,7 +434,11 @@ pub fn document() -> Value {
             "description": "Workspaces (microVMs) on a self-hosted server. Wire-compatible with the Oblien workspace API as the `oblien` npm client v2.4.0 uses it. The runtime API (exec, files) is served by the data-plane gateway with tokens from runtime-api-access."
         },
         "components": {
-            "schemas": {"Error": error_schema()},
+            "schemas": {
+                "Error": error_schema(),
+                "Workspace": workspace_schema(),
+                "WorkspaceCreate": create_schema(),
+            },
             "securitySchemes": {
                 "clientId": {"type": "apiKey", "in": "header", "name": "X-Client-ID"},
                 "clientSecret": {"type": "apiKey", "in": "header", "name": "X-Client-Secret"},

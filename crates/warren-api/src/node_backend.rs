@@ -45,6 +45,8 @@ fn map_err(e: NodeError) -> BackendError {
     }
 }
 
+// `..Default::default()` is needless while the node's spec has no other fields.
+#[allow(clippy::needless_update)]
 fn node_spec(s: &BootSpec) -> WorkspaceSpec {
     WorkspaceSpec {
         id: Some(s.id.clone()),
@@ -56,6 +58,9 @@ fn node_spec(s: &BootSpec) -> WorkspaceSpec {
         cmd: s.cmd.clone(),
         persistent: s.persistent,
         die_with_owner: false,
+        // Fields the node grows later (network policy, ...) keep their defaults until
+        // the API passes them.
+        ..WorkspaceSpec::default()
     }
 }
 

@@ -6,7 +6,9 @@ use crate::exec::{self, Event, ExecCtx};
 use crate::files;
 use crate::reaper::Reaper;
 use crate::tasks::Tasks;
+use crate::term::{self, Terminals};
 use crate::workspace::Workspace;
+use crate::ws::{self, Connections};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
@@ -22,8 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use warren_protocol::runtime::{
-    stream_event, ExecRequest, ExecTask, Health, RuntimeInfo, StreamData, StreamExit, StreamTaskId,
-    TaskStatus,
+    stream_event, ExecRequest, ExecTask, Health, RuntimeInfo, StreamData, StreamTaskId, TaskStatus,
 };
 
 /// Largest JSON request body (file writes carry content inline).
@@ -35,6 +36,10 @@ pub const CAPABILITIES: &[&str] = &[
     "files",
     "files_download",
     "files_upload",
+    "exec_input",
+    "exec_subscribe",
+    "terminals",
+    "ws",
 ];
 
 #[derive(Clone)]
@@ -42,6 +47,8 @@ pub struct AppState {
     pub token: Arc<str>,
     pub ws: Arc<Workspace>,
     pub exec: ExecCtx,
+    pub terminals: Arc<Terminals>,
+    pub conns: Connections,
 }
 
 impl AppState {
@@ -53,6 +60,8 @@ impl AppState {
                 reaper,
                 tasks: Arc::new(Tasks::default()),
             },
+            terminals: Arc::new(Terminals::default()),
+            conns: Connections::default(),
         }
     }
 }
@@ -84,12 +93,42 @@ fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The `token` query parameter (percent-decoded): what WebSocket clients send, since
+/// browsers cannot set headers on a WebSocket.
+fn query_token(query: Option<&str>) -> Option<String> {
+    let raw = query?.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let mut out = Vec::with_capacity(raw.len());
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3)) {
+            (b'%', Some(h)) => {
+                let hex = std::str::from_utf8(h).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = req
+    let header_token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
+        .map(str::to_string);
+    let ok = header_token
+        .or_else(|| query_token(req.uri().query()))
         .is_some_and(|t| ct_eq(t.as_bytes(), st.token.as_bytes()));
     if !ok {
         return ApiError::Unauthorized("missing or invalid bearer token".into()).into_response();
@@ -137,6 +176,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/exec/stream", post(exec_stream).get(exec_subscribe))
         .route("/exec/{id}", get(exec_get).delete(exec_delete))
+        .route("/exec/{id}/input", post(exec_input))
+        .route("/terminals", get(term::api::list).post(term::api::create))
+        .route(
+            "/terminals/{id}",
+            get(term::api::get).delete(term::api::close),
+        )
+        .route("/terminals/{id}/scrollback", get(term::api::scrollback))
+        .route("/terminals/{id}/resize", post(term::api::resize))
+        .route("/terminals/{id}/input", post(term::api::input))
+        .route("/ws", get(ws::upgrade))
         .route("/files", get(files::list))
         .route("/files/read", get(files::read))
         .route("/files/write", post(files::write))
@@ -242,7 +291,10 @@ async fn exec_stream(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> ApiResult<Response> {
-    let p = exec::prepare(&st.ws, &req)?;
+    let mut p = exec::prepare(&st.ws, &req)?;
+    // A streamed task without inline stdin keeps its stdin open for
+    // `POST /exec/:id/input` (the official client's `exec.input`): see exec_input.
+    p.stdin_open = p.stdin.is_none();
     let task = st.exec.tasks.create(req.cmd.clone(), p.ttl);
     let first = sse(
         stream_event::TASK_ID,
@@ -266,7 +318,9 @@ struct SubscribeQuery {
     task_id: Option<String>,
 }
 
-/// `GET /exec/stream?task_id=`: replay a finished task's kept output and exit.
+/// `GET /exec/stream?task_id=`: a running task's output so far (up to
+/// [`crate::tasks::LIVE_REPLAY`] bytes), then live until its exit; a finished task's
+/// kept output and exit.
 async fn exec_subscribe(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<SubscribeQuery>,
@@ -274,6 +328,20 @@ async fn exec_subscribe(
     let id = q
         .task_id
         .ok_or_else(|| ApiError::validation("task_id is required"))?;
+    if let Some(live) = st.exec.tasks.live(&id) {
+        let first = sse(stream_event::TASK_ID, &StreamTaskId { task_id: id });
+        let events = futures_util::stream::unfold((live, 0u64), |(live, mut pos)| async move {
+            let evs = live.next(&mut pos).await?;
+            let frames: Vec<Bytes> = evs.into_iter().map(event_frame).collect();
+            Some((
+                Ok::<Bytes, std::convert::Infallible>(Bytes::from(frames.concat())),
+                (live, pos),
+            ))
+        });
+        use futures_util::StreamExt;
+        let body = futures_util::stream::once(async move { Ok(first) }).chain(events);
+        return Ok(sse_response(Body::from_stream(body)));
+    }
     let task = st
         .exec
         .tasks
@@ -281,7 +349,7 @@ async fn exec_subscribe(
         .ok_or_else(|| ApiError::NotFound(format!("no such task: {id}")))?;
     if matches!(task.status, TaskStatus::Pending | TaskStatus::Running) {
         return Err(ApiError::Conflict(format!(
-            "task {id} is still running; live re-attachment is not supported"
+            "task {id} is still starting; try again"
         )));
     }
     let mut out = Vec::new();
@@ -296,19 +364,7 @@ async fn exec_subscribe(
             s.as_bytes(),
         ))));
     }
-    out.push(event_frame(Event::Exit(StreamExit {
-        exit_code: task.exit_code.unwrap_or(-1),
-        pid: task.guest_pid,
-        status: Some(
-            if task.status == TaskStatus::Exited {
-                "exited"
-            } else {
-                "failed"
-            }
-            .into(),
-        ),
-        error: task.error,
-    })));
+    out.push(event_frame(Event::Exit(exec::exit_of(&task))));
     Ok(sse_response(Body::from(out.concat())))
 }
 
@@ -344,6 +400,52 @@ async fn exec_delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
     } else {
         Err(ApiError::NotFound(format!("no such task: {id}")))
     }
+}
+
+#[derive(Serialize)]
+struct InputDone {
+    success: bool,
+    bytes: usize,
+    /// True when the (empty) input closed stdin.
+    closed: bool,
+}
+
+/// `POST /exec/:id/input`: raw bytes for a running task's stdin; an empty body closes it
+/// (EOF).
+///
+/// Tasks started by `POST /exec/stream` without an inline `stdin` keep stdin open as a
+/// pipe: the official client's `exec.stream()` cannot send any flag, so "always for
+/// streamed tasks" is the only choice that lets it use `exec.input()`. `POST /exec`
+/// (which waits for the exit) keeps its old meaning: stdin is the inline `stdin` or
+/// empty, so a synchronous `cat` never hangs.
+async fn exec_input(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<InputDone>> {
+    use crate::tasks::InputError;
+    let tx = st.exec.tasks.stdin(&id).map_err(|e| match e {
+        InputError::UnknownTask => ApiError::NotFound(format!("no such task: {id}")),
+        InputError::NotRunning => ApiError::Conflict(format!("task {id} is not running")),
+        InputError::StdinClosed => ApiError::Conflict(format!(
+            "task {id} has no open stdin (only tasks started by POST /exec/stream without \
+             an inline stdin take input, until an empty input closes it)"
+        )),
+    })?;
+    let n = body.len();
+    let closed = body.is_empty();
+    let msg = if closed { None } else { Some(body) };
+    tx.send(msg)
+        .await
+        .map_err(|_| ApiError::Conflict(format!("task {id} stopped reading its stdin")))?;
+    if closed {
+        st.exec.tasks.clear_stdin(&id);
+    }
+    Ok(Json(InputDone {
+        success: true,
+        bytes: n,
+        closed,
+    }))
 }
 
 async fn exec_delete_all(State(st): State<AppState>) -> Json<Done> {
@@ -411,6 +513,13 @@ mod tests {
         assert!(ct_eq(b"", b""));
         // Lengths differing by a multiple of 256 must still differ.
         assert!(!ct_eq(&[0u8; 256], b""));
+    }
+
+    #[test]
+    fn token_query() {
+        assert_eq!(query_token(Some("a=1&token=a%2Bb+c")), Some("a+b c".into()));
+        assert_eq!(query_token(Some("a=1")), None);
+        assert_eq!(query_token(Some("token=%zz")), None);
     }
 
     #[test]

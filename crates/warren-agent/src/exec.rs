@@ -7,7 +7,8 @@
 use crate::error::{ApiError, ApiResult};
 use crate::files::validate_path;
 use crate::reaper::{ExitInfo, Reaper};
-use crate::tasks::{kill_group, Tasks, DEFAULT_TTL, MAX_TTL};
+use crate::replay::Replay;
+use crate::tasks::{kill_group, StdinTx, Tasks, DEFAULT_TTL, MAX_TTL};
 use crate::time::now_rfc3339;
 use crate::workspace::{Credentials, Workspace};
 use bytes::Bytes;
@@ -71,6 +72,8 @@ pub struct Prepared {
     pub ttl: Duration,
     pub keep_logs: bool,
     pub user: Option<Credentials>,
+    /// Keep stdin open as a pipe fed by `POST /exec/:id/input` (when no inline `stdin`).
+    pub stdin_open: bool,
 }
 
 /// Validate `req` against the workspace (422 on bad input).
@@ -126,6 +129,7 @@ pub fn prepare(ws: &Workspace, req: &ExecRequest) -> ApiResult<Prepared> {
         ttl,
         keep_logs: req.keep_logs.unwrap_or(false),
         user: ws.user.clone(),
+        stdin_open: false,
     })
 }
 
@@ -196,7 +200,7 @@ pub fn spawn_error(program: &str, err: &io::Error) -> (i32, String) {
 }
 
 /// One piece of a running task's life, as streamed by `POST /exec/stream`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Event {
     Stdout(Bytes),
     Stderr(Bytes),
@@ -288,20 +292,48 @@ impl Sink {
 
     async fn exit(&mut self, task: &ExecTask) {
         if let Sink::Stream { tx, open: true, .. } = self {
-            let status = match task.status {
-                TaskStatus::Exited => "exited",
-                _ => "failed",
-            };
-            let _ = tx
-                .send(Event::Exit(StreamExit {
-                    exit_code: task.exit_code.unwrap_or(-1),
-                    pid: task.guest_pid,
-                    status: Some(status.to_string()),
-                    error: task.error.clone(),
-                }))
-                .await;
+            let _ = tx.send(Event::Exit(exit_of(task))).await;
         }
     }
+}
+
+/// The `exit` event of a finished task.
+pub fn exit_of(task: &ExecTask) -> StreamExit {
+    let status = match task.status {
+        TaskStatus::Exited => "exited",
+        _ => "failed",
+    };
+    StreamExit {
+        exit_code: task.exit_code.unwrap_or(-1),
+        pid: task.guest_pid,
+        status: Some(status.to_string()),
+        error: task.error.clone(),
+    }
+}
+
+/// Tell live subscribers how the task ended, and that nothing more will come.
+fn close_live(live: Option<&Arc<Replay<Event>>>, task: &ExecTask) {
+    if let Some(l) = live {
+        l.push(Event::Exit(exit_of(task)), 0);
+        l.close();
+    }
+}
+
+/// Feed a running task's stdin from `POST /exec/:id/input` until it is closed (an empty
+/// input or the task's end) or the process stops reading.
+fn stdin_writer(tasks: Arc<Tasks>, id: String, mut tx: pipe::Sender) -> StdinTx {
+    let (send, mut recv) = mpsc::channel::<Option<Bytes>>(16);
+    tokio::spawn(async move {
+        while let Some(Some(data)) = recv.recv().await {
+            if let Err(e) = tx.write_all(&data).await {
+                tracing::debug!("stdin: {e}");
+                break;
+            }
+        }
+        // Dropping `tx` closes the pipe: the process reads EOF.
+        tasks.clear_stdin(&id);
+    });
+    send
 }
 
 /// What running a task needs from the server.
@@ -383,7 +415,8 @@ pub async fn pump(
 }
 
 async fn run(ctx: ExecCtx, p: Prepared, mut task: ExecTask, mut sink: Sink) -> ExecTask {
-    let mut cmd = build_command(&p, p.stdin.is_some());
+    let live = ctx.tasks.live(&task.id);
+    let mut cmd = build_command(&p, p.stdin.is_some() || p.stdin_open);
     let spawned = match ctx.reaper.spawn(&mut cmd) {
         Ok(s) => s,
         Err(e) => {
@@ -397,6 +430,7 @@ async fn run(ctx: ExecCtx, p: Prepared, mut task: ExecTask, mut sink: Sink) -> E
             if let Some(c) = sink.collected() {
                 c.store(&mut task);
             }
+            close_live(live.as_ref(), &task);
             ctx.tasks.finish(&task);
             sink.exit(&task).await;
             return task;
@@ -404,19 +438,28 @@ async fn run(ctx: ExecCtx, p: Prepared, mut task: ExecTask, mut sink: Sink) -> E
     };
     let pid = spawned.pid;
     tracing::info!(pid, argv = ?p.argv, "started");
-    ctx.tasks.set_running(&task.id, pid);
+    if !ctx.tasks.set_running(&task.id, pid) {
+        tracing::info!(pid, "task deleted while starting: killing it");
+        kill_group(i32::try_from(pid).ok());
+    }
     task.status = TaskStatus::Running;
     task.guest_pid = Some(pid);
     task.started_at = Some(now_rfc3339());
 
-    if let (Some(pipe_in), Some(data)) = (spawned.stdin, p.stdin.clone()) {
+    if let Some(pipe_in) = spawned.stdin {
         match pipe::Sender::from_owned_fd(OwnedFd::from(pipe_in)) {
-            Ok(mut tx) => {
-                tokio::spawn(async move {
-                    // EPIPE when the process does not read its stdin: fine.
-                    let _ = tx.write_all(data.as_bytes()).await;
-                });
-            }
+            Ok(mut tx) => match p.stdin.clone() {
+                Some(data) => {
+                    tokio::spawn(async move {
+                        // EPIPE when the process does not read its stdin: fine.
+                        let _ = tx.write_all(data.as_bytes()).await;
+                    });
+                }
+                None => {
+                    let writer = stdin_writer(ctx.tasks.clone(), task.id.clone(), tx);
+                    ctx.tasks.set_stdin(&task.id, writer);
+                }
+            },
             Err(e) => tracing::warn!("stdin pipe: {e}"),
         }
     }
@@ -459,7 +502,16 @@ async fn run(ctx: ExecCtx, p: Prepared, mut task: ExecTask, mut sink: Sink) -> E
                 let _ = exited_tx.send(true);
             }
             ev = ev_rx.recv() => match ev {
-                Some((kind, data)) => sink.output(kind, data).await,
+                Some((kind, data)) => {
+                    if let Some(l) = &live {
+                        let n = data.len();
+                        l.push(match kind {
+                            Kind::Stdout => Event::Stdout(data.clone()),
+                            Kind::Stderr => Event::Stderr(data.clone()),
+                        }, n);
+                    }
+                    sink.output(kind, data).await
+                }
                 None => break,
             }
         }
@@ -510,6 +562,7 @@ async fn run(ctx: ExecCtx, p: Prepared, mut task: ExecTask, mut sink: Sink) -> E
         task.error = Some(errors.join("; "));
     }
     tracing::info!(pid, code = ?task.exit_code, status = ?task.status, "finished");
+    close_live(live.as_ref(), &task);
     ctx.tasks.finish(&task);
     sink.exit(&task).await;
     task

@@ -23,10 +23,13 @@ pub mod init;
 pub mod logging;
 pub mod net;
 pub mod reaper;
+pub mod replay;
 pub mod stdio;
 pub mod tasks;
+pub mod term;
 pub mod time;
 pub mod workspace;
+pub mod ws;
 
 use std::ffi::c_int;
 use std::net::SocketAddr;

@@ -1,16 +1,33 @@
 //! The registry of exec tasks: running ones, and finished ones until their TTL expires.
 
+use crate::exec::Event;
+use crate::replay::Replay;
 use crate::time::now_rfc3339;
+use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use warren_protocol::runtime::{ExecTask, TaskStatus};
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Upper bound on a requested TTL (a week).
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Output of a running task kept for subscribers that attach late (per task).
+pub const LIVE_REPLAY: usize = 1 << 20;
+
+/// Bytes for a task's stdin; `None` closes it.
+pub type StdinTx = mpsc::Sender<Option<Bytes>>;
+
+/// Why stdin could not be written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InputError {
+    UnknownTask,
+    NotRunning,
+    StdinClosed,
+}
 
 struct Entry {
     task: ExecTask,
@@ -18,6 +35,10 @@ struct Entry {
     pgid: Option<i32>,
     finished: Option<Instant>,
     ttl: Duration,
+    /// What the task printed, for live subscribers (while it runs).
+    live: Option<Arc<Replay<Event>>>,
+    /// Open stdin of a running task.
+    stdin: Option<StdinTx>,
 }
 
 #[derive(Default)]
@@ -75,18 +96,26 @@ impl Tasks {
                 pgid: None,
                 finished: None,
                 ttl,
+                live: Some(Arc::new(Replay::new(LIVE_REPLAY))),
+                stdin: None,
             },
         );
         task
     }
 
-    pub fn set_running(&self, id: &str, pid: u32) {
+    /// Record that the task's process started. False when the task was deleted while
+    /// it was starting: the caller must then kill the process itself.
+    pub fn set_running(&self, id: &str, pid: u32) -> bool {
         let mut g = self.lock();
-        if let Some(e) = parse(id).and_then(|n| g.tasks.get_mut(&n)) {
-            e.task.status = TaskStatus::Running;
-            e.task.guest_pid = Some(pid);
-            e.task.started_at = Some(now_rfc3339());
-            e.pgid = i32::try_from(pid).ok();
+        match parse(id).and_then(|n| g.tasks.get_mut(&n)) {
+            Some(e) => {
+                e.task.status = TaskStatus::Running;
+                e.task.guest_pid = Some(pid);
+                e.task.started_at = Some(now_rfc3339());
+                e.pgid = i32::try_from(pid).ok();
+                true
+            }
+            None => false,
         }
     }
 
@@ -97,6 +126,47 @@ impl Tasks {
             e.task = task.clone();
             e.pgid = None;
             e.finished = Some(Instant::now());
+            e.stdin = None;
+            // The runner closes the log itself, after the exit event.
+            e.live = None;
+        }
+    }
+
+    /// The live output log of a task that has not finished yet.
+    pub fn live(&self, id: &str) -> Option<Arc<Replay<Event>>> {
+        let g = self.lock();
+        parse(id)
+            .and_then(|n| g.tasks.get(&n))
+            .and_then(|e| e.live.clone())
+    }
+
+    /// Attach the writer of a running task's stdin.
+    pub fn set_stdin(&self, id: &str, tx: StdinTx) {
+        let mut g = self.lock();
+        if let Some(e) = parse(id).and_then(|n| g.tasks.get_mut(&n)) {
+            if e.finished.is_none() {
+                e.stdin = Some(tx);
+            }
+        }
+    }
+
+    /// The stdin writer of a running task.
+    pub fn stdin(&self, id: &str) -> Result<StdinTx, InputError> {
+        let g = self.lock();
+        let e = parse(id)
+            .and_then(|n| g.tasks.get(&n))
+            .ok_or(InputError::UnknownTask)?;
+        if e.finished.is_some() {
+            return Err(InputError::NotRunning);
+        }
+        e.stdin.clone().ok_or(InputError::StdinClosed)
+    }
+
+    /// Forget the stdin writer (after it was closed).
+    pub fn clear_stdin(&self, id: &str) {
+        let mut g = self.lock();
+        if let Some(e) = parse(id).and_then(|n| g.tasks.get_mut(&n)) {
+            e.stdin = None;
         }
     }
 

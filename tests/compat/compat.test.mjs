@@ -127,7 +127,12 @@ let rt;
 
 test('create waits until ready; list, get and update see it', async () => {
   const key = `compat-${Date.now()}`;
-  const ws = await client.workspaces.create({ ...small, name: 'compat', idempotency_key: key, config: { env: ['GREETING=hello'] } });
+  const ws = await client.workspaces.create({
+    ...small,
+    name: 'compat',
+    idempotency_key: key,
+    config: { env: ['GREETING=hello'], cmd: 'echo started-by-cmd $GREETING' },
+  });
   assert.match(ws.id, /^ws_/);
   assert.equal(ws.ready, true);
   assert.equal(ws.status, 'running');
@@ -243,6 +248,11 @@ test('lifecycle, metadata and logs', async () => {
   assert.deepEqual(md.metadata, { team: 'a', tier: 'dev' });
   const logs = await client.workspaces.logs.get(id, { source: 'boot' });
   assert.ok(logs.lines.length > 0);
+  // The workspace's cmd ran at its first boot and again at the start after the stop.
+  const cmd = await client.workspaces.logs.get(id, { source: 'cmd' });
+  assert.ok(cmd.lines.includes('started-by-cmd hello'), JSON.stringify(cmd.lines));
+  const info = await client.workspaces.get(id);
+  assert.equal(info.last_exit_code, 0);
   const files = await client.workspaces.logs.listFiles(id);
   assert.ok(files.some((f) => f.name === 'boot.log'));
 });

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
 use warren_protocol::runtime::{ExecMode, ExecRequest};
-use warren_sdk::{ControlClient, ExecEvent, Power};
+use warren_sdk::{ControlClient, Power};
 
 /// How to reach the server and who we are.
 #[derive(clap::Args, Debug, Clone)]
@@ -387,19 +387,7 @@ pub async fn exec(conn: &Conn, a: ExecArgs) -> anyhow::Result<i32> {
         ..ExecRequest::default()
     };
     let exit = rt
-        .exec_stream(&req, |ev| match ev {
-            ExecEvent::Stdout(b) => {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&b);
-                let _ = o.flush();
-            }
-            ExecEvent::Stderr(b) => {
-                let mut e = std::io::stderr().lock();
-                let _ = e.write_all(&b);
-                let _ = e.flush();
-            }
-            _ => {}
-        })
+        .exec_stream(&req, crate::output::print_exec_event)
         .await?;
     if let Some(e) = exit.error {
         eprintln!("warren: {e}");

@@ -1,6 +1,7 @@
 //! `warren`: runs workspaces (standalone or as a server) and is a client of the server.
 
 mod client;
+mod output;
 mod run;
 mod server;
 

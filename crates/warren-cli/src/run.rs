@@ -2,11 +2,10 @@
 
 use crate::NodeArgs;
 use anyhow::Context;
-use std::io::Write;
 use std::time::Duration;
 use warren_node::{Node, WorkspaceSpec};
 use warren_protocol::runtime::{ExecMode, ExecRequest};
-use warren_sdk::{ExecEvent, RuntimeClient};
+use warren_sdk::RuntimeClient;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -86,21 +85,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         ..ExecRequest::default()
     };
     let result = tokio::select! {
-        r = client.exec_stream(&req, |ev| {
-            match ev {
-                ExecEvent::Stdout(b) => {
-                    let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(&b);
-                    let _ = o.flush();
-                }
-                ExecEvent::Stderr(b) => {
-                    let mut e = std::io::stderr().lock();
-                    let _ = e.write_all(&b);
-                    let _ = e.flush();
-                }
-                _ => {}
-            }
-        }) => Some(r),
+        r = client.exec_stream(&req, crate::output::print_exec_event) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
         exit = ws.vm.wait() => {
             let _ = exit;

@@ -128,27 +128,8 @@ fn guest_poweroff_is_noticed_and_cleaned_up() {
 #[test]
 fn a_killed_vmm_is_noticed_and_cleaned_up() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = warren(data.path())
-        .args([
-            "run",
-            "--image",
-            "busybox",
-            "--memory-mb",
-            "256",
-            "--disk-mb",
-            "128",
-            "--",
-        ])
-        .args(["sh", "-c", "echo started; sleep 600"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Wait for the command to be running, then kill -9 its VMM.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 8];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    assert_eq!(&first, b"started\n");
+    let child = start_long_command(data.path());
     let pid = vmm_pids(data.path());
     assert_eq!(pid.len(), 1, "one VMM for this test: {pid:?}");
     Command::new("kill")
@@ -164,24 +145,7 @@ fn a_killed_vmm_is_noticed_and_cleaned_up() {
 #[test]
 fn a_killed_warren_run_leaves_nothing_after_reconcile() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = warren(data.path())
-        .args([
-            "run",
-            "--image",
-            "busybox",
-            "--memory-mb",
-            "256",
-            "--disk-mb",
-            "128",
-            "--",
-        ])
-        .args(["sh", "-c", "echo started; sleep 600"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 8];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    let mut child = start_long_command(data.path());
     child.kill().unwrap();
     child.wait().unwrap();
     // The VMM dies with its owner.
@@ -334,6 +298,31 @@ fn debian_12_boots() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("12."));
+}
+
+/// `warren run` of a command that runs for minutes, returned once it has started.
+fn start_long_command(data: &std::path::Path) -> std::process::Child {
+    let mut child = warren(data)
+        .args([
+            "run",
+            "--image",
+            "busybox",
+            "--memory-mb",
+            "256",
+            "--disk-mb",
+            "128",
+            "--",
+        ])
+        .args(["sh", "-c", "echo started; sleep 600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    let stdout = child.stdout.as_mut().unwrap();
+    std::io::Read::read_exact(stdout, &mut first).unwrap();
+    assert_eq!(&first, b"started\n");
+    child
 }
 
 /// VMM processes whose command line names this test's data dir.

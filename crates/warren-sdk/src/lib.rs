@@ -136,71 +136,63 @@ impl RuntimeClient {
         exit.ok_or_else(|| SdkError::Decode("exec stream ended without an exit event".into()))
     }
 
-    pub async fn list(&self, path: &str) -> Result<FileListResponse> {
+    /// `GET path?path=<file>` answered with JSON.
+    async fn get_path<T: serde::de::DeserializeOwned>(&self, route: &str, path: &str) -> Result<T> {
         Self::json(
-            self.req(reqwest::Method::GET, "/files")
+            self.req(reqwest::Method::GET, route)
                 .query(&[("path", path)])
                 .send()
                 .await?,
         )
         .await
+    }
+
+    /// `POST route` with a JSON body, answered with JSON.
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &B,
+    ) -> Result<T> {
+        Self::json(
+            self.req(reqwest::Method::POST, route)
+                .json(body)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    pub async fn list(&self, path: &str) -> Result<FileListResponse> {
+        self.get_path("/files", path).await
     }
 
     pub async fn read(&self, path: &str) -> Result<FileReadResponse> {
-        Self::json(
-            self.req(reqwest::Method::GET, "/files/read")
-                .query(&[("path", path)])
-                .send()
-                .await?,
-        )
-        .await
-    }
-
-    pub async fn write(&self, req: &FileWriteRequest) -> Result<FileWriteResponse> {
-        Self::json(
-            self.req(reqwest::Method::POST, "/files/write")
-                .json(req)
-                .send()
-                .await?,
-        )
-        .await
+        self.get_path("/files/read", path).await
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileStatResponse> {
-        Self::json(
-            self.req(reqwest::Method::GET, "/files/stat")
-                .query(&[("path", path)])
-                .send()
-                .await?,
-        )
-        .await
+        self.get_path("/files/stat", path).await
+    }
+
+    pub async fn write(&self, req: &FileWriteRequest) -> Result<FileWriteResponse> {
+        self.post("/files/write", req).await
     }
 
     pub async fn mkdir(&self, path: &str) -> Result<()> {
-        let _: serde_json::Value = Self::json(
-            self.req(reqwest::Method::POST, "/files/mkdir")
-                .json(&PathRequest {
-                    path: path.into(),
-                    mode: None,
-                })
-                .send()
-                .await?,
-        )
-        .await?;
+        let req = PathRequest {
+            path: path.into(),
+            mode: None,
+        };
+        let _: serde_json::Value = self.post("/files/mkdir", &req).await?;
         Ok(())
     }
 
     pub async fn delete(&self, path: &str) -> Result<()> {
-        let _: serde_json::Value = Self::json(
-            self.req(reqwest::Method::POST, "/files/delete")
-                .json(&PathRequest {
-                    path: path.into(),
-                    mode: None,
-                })
-                .send()
-                .await?,
-        )
-        .await?;
+        let req = PathRequest {
+            path: path.into(),
+            mode: None,
+        };
+        let _: serde_json::Value = self.post("/files/delete", &req).await?;
         Ok(())
     }
 

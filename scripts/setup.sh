@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Warren needs on a fresh Debian 12 host, builds and installs it, fetches
-# the guest kernel and the default images, and runs a first workspace.
+# the guest kernel and the default images, runs a first workspace, then runs the
+# all-in-one server (API on 127.0.0.1:8484, gateway on 127.0.0.1:8485).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +16,6 @@ scripts/build-kernel.sh   # the minimal guest kernel (the faster default); cache
 warren image-build busybox
 warren image-build debian-12
 echo "first workspace:"
-exec warren run --image debian-12 -- sh -c 'echo "hello from $(hostname): $(uname -sr), Debian $(cat /etc/debian_version)"'
+warren run --image debian-12 -- sh -c 'echo "hello from $(hostname): $(uname -sr), Debian $(cat /etc/debian_version)"'
+# Warren itself: API, gateway and node agent in one process (state in /var/lib/warren).
+exec warren server

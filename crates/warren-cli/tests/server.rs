@@ -328,6 +328,65 @@ async fn validation_idempotency_exec_and_delete() {
         other => panic!("{other:?}"),
     }
 
+    // A WebSocket upgrade (`/ws`, the runtime's terminal and event channel) is
+    // authorised by the gateway token and spliced through to the agent.
+    let (_, t) = s
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token"),
+            None,
+        )
+        .await;
+    let gw = t["gateway_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut ws = tokio::net::TcpStream::connect(&gw).await.unwrap();
+    let hello = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {gw}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        t["token"].as_str().unwrap()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ws.write_all(hello.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            ws.read(&mut b).await.unwrap(),
+            1,
+            "closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455's example key and its accept value: the agent did the handshake.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // A masked close frame (code 1000) goes through; the agent's close comes back.
+    let mask = [1u8, 2, 3, 4];
+    let payload = [0x03u8, 0xe8];
+    let mut frame = vec![0x88, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    ws.write_all(&frame).await.unwrap();
+    let mut first = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), ws.read_exact(&mut first))
+        .await
+        .expect("no frame back from the agent")
+        .unwrap();
+    assert_eq!(
+        first[0] & 0x0f,
+        0x8,
+        "expected a close frame, got {:#x}",
+        first[0]
+    );
+
     // A gateway token expires on its own.
     let (_, t) = s
         .call(

@@ -7,10 +7,12 @@
 //! store (address, current agent token, whether runtime API access is enabled, the
 //! token generation so a rotation revokes older tokens), and forwards the request to
 //! `http://<internal_ip>:9990` with the agent's own token ([`proxy`]). Bodies stream
-//! both ways.
+//! both ways; WebSocket upgrades (`/ws`) are spliced through ([`tunnel`]).
 
 pub mod proxy;
 pub mod tokens;
+pub mod tunnel;
+pub mod upgrade;
 
 pub use proxy::{router, GatewayState};
 pub use tokens::{Claims, GatewayKeys, TokenError};

@@ -106,10 +106,32 @@ fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
             return Some(t.trim().to_string());
         }
     }
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(|t| t.to_string())
+    let raw = query?.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    Some(percent_decode(raw))
+}
+
+/// `%XX` escapes decoded (a JWT needs none, but clients may escape anyway).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The query string without the gateway's own `token` parameter.
@@ -176,11 +198,32 @@ async fn forward_inner(st: &GatewayState, req: Request) -> Result<Response, GwEr
         if ws.observed_state != ObservedState::Running {
             return Err(not_running(&ws.id, ws.observed_state));
         }
+        if crate::upgrade::is_upgrade(req.headers()) {
+            // WebSocket (the runtime's /ws, or an app's behind /proxy).
+            let addr = format!("{ip}:{API_PORT}");
+            let target = format!("{}{}", req.uri().path(), upstream_query(req.uri().query()));
+            return crate::upgrade::forward(req, &addr, &target, agent_token)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "upgrade to the agent failed");
+                    GwError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unavailable",
+                        format!("the workspace's runtime API did not answer: {e}"),
+                    )
+                });
+        }
         let url = format!(
             "http://{ip}:{API_PORT}{}{}",
             req.uri().path(),
             upstream_query(req.uri().query())
         );
+        if crate::tunnel::is_upgrade(&req) {
+            let pq = format!("{}{}", req.uri().path(), upstream_query(req.uri().query()));
+            return crate::tunnel::tunnel(req, ip, API_PORT, agent_token, &pq)
+                .await
+                .map_err(|e| GwError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", e.to_string()));
+        }
         let (parts, body) = req.into_parts();
         let request = |body: reqwest::Body| {
             let mut out = st
@@ -287,6 +330,10 @@ mod tests {
         );
         assert_eq!(bearer(&h, Some("token=abc")), Some("xyz".into()));
         assert_eq!(bearer(&HeaderMap::new(), Some("a=1")), None);
+        assert_eq!(
+            bearer(&HeaderMap::new(), Some("token=a%2Eb")),
+            Some("a.b".into())
+        );
         assert_eq!(
             upstream_query(Some("path=%2Fa&token=abc&x=1")),
             "?path=%2Fa&x=1"

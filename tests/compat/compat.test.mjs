@@ -204,6 +204,32 @@ test('runtime through the gateway: exec.run, exec.stream, files', async () => {
   await assert.rejects(bogus.exec.run(['true']), (e) => e instanceof AuthenticationError);
 });
 
+test('the runtime WebSocket connects through the gateway', async () => {
+  // The client uses the global WebSocket: Node 22 has one, Node 20 needs the `ws`
+  // package (a dependency of oblien) put there.
+  globalThis.WebSocket ??= (await import('ws')).WebSocket;
+  const sock = rt.ws({ reconnect: false });
+  await new Promise((resolve, reject) => {
+    sock.onOpen(resolve);
+    sock.onError(() => reject(new Error('WebSocket error')));
+    sock.connect();
+  });
+  assert.equal(sock.connected, true);
+  sock.close();
+  assert.equal(sock.connected, false);
+
+  // A token that is not ours never gets a connection.
+  const { gateway_url } = await client.workspaces.apiAccess.getToken(id);
+  const bad = new Runtime({ token: 'not-a-token', baseUrl: gateway_url }).ws({ reconnect: false });
+  const outcome = await new Promise((resolve) => {
+    bad.onOpen(() => resolve('open'));
+    bad.onError(() => resolve('error'));
+    bad.connect();
+  });
+  bad.close();
+  assert.equal(outcome, 'error');
+});
+
 test('the raw token works directly against the agent', async () => {
   const raw = await client.workspaces.apiAccess.rawToken(id);
   assert.equal(raw.port, 9990);

@@ -131,6 +131,27 @@ impl Drop for Server {
                     let _ = Command::new("kill").args(["-9", &pid]).status();
                 }
             }
+            // And their host-wide leases and taps (no later reconcile would know
+            // they were this test's once its directory is gone).
+            let ours: Vec<String> = run_dirs(&self.data);
+            let leases = Path::new("/run/warren/net/leases");
+            for e in std::fs::read_dir(leases).into_iter().flatten().flatten() {
+                let v: Value = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                if v["workspace_id"]
+                    .as_str()
+                    .is_some_and(|id| ours.iter().any(|o| o == id))
+                {
+                    if let Some(tap) = v["tap"].as_str() {
+                        let _ = Command::new("ip")
+                            .args(["link", "del", "dev", tap])
+                            .status();
+                    }
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
 }

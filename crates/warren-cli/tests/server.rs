@@ -203,6 +203,19 @@ async fn wait_for(
     }
 }
 
+/// No VMM of `id` is left, allowing a killed one a few seconds to finish exiting
+/// (SIGKILL is asynchronous; a VM's memory takes a moment to tear down).
+fn vmm_gone(id: &str) -> bool {
+    let t0 = Instant::now();
+    while vmm_running(id) {
+        if t0.elapsed() > Duration::from_secs(5) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 fn vmm_running(id: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline"))
@@ -240,6 +253,7 @@ async fn delete_all(s: &Server) {
     }
     for id in &ids {
         wait_for(s, id, 60, |w| w.is_none()).await;
+        assert!(vmm_gone(id), "the VM of deleted workspace {id} still runs");
     }
 }
 
@@ -598,7 +612,7 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
     .await
     .unwrap();
     assert_eq!(w["ready"], false);
-    assert!(!vmm_running(&keeper), "a stopped workspace has no VM");
+    assert!(vmm_gone(&keeper), "a stopped workspace has no VM");
     wait_for(&s, &interrupted, 60, |w| {
         w.is_some_and(|w| w["ready"] == true)
     })
@@ -611,7 +625,7 @@ async fn kill_9_during_create_stop_and_delete_loses_nothing_and_leaves_nothing()
 
     let s = Server::start(data.path());
     wait_for(&s, &interrupted, 60, |w| w.is_none()).await;
-    assert!(!vmm_running(&interrupted));
+    assert!(vmm_gone(&interrupted), "{}", s.log());
     assert_eq!(run_dirs(data.path()), [keeper.as_str()]);
     let (_, b) = s.call("GET", "/workspace", None).await;
     assert_eq!(b["total"], 1);
@@ -658,9 +672,9 @@ async fn ttl_and_remove_on_exit() {
     .await
     .unwrap();
     assert_eq!(w["info"]["user_requested_stop"], false);
-    assert!(!vmm_running(&stop_id));
+    assert!(vmm_gone(&stop_id));
     wait_for(&s, &exit_id, 60, |w| w.is_none()).await;
-    assert!(!vmm_running(&exit_id));
+    assert!(vmm_gone(&exit_id));
     assert_eq!(run_dirs(data.path()), [stop_id.as_str()]);
     delete_all(&s).await;
     assert_nothing_left(data.path(), &[stop_id, exit_id]);
@@ -688,7 +702,7 @@ async fn at_start_what_belongs_to_no_workspace_is_removed() {
     std::fs::create_dir_all(data.path().join("workspaces/ws_stray")).unwrap();
 
     let s = Server::start(data.path());
-    assert!(!vmm_running(&id), "a VM of no workspace survived the start");
+    assert!(vmm_gone(&id), "a VM of no workspace survived the start");
     assert!(
         run_dirs(data.path()).is_empty(),
         "{:?}",

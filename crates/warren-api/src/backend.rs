@@ -23,6 +23,8 @@ pub struct BootSpec {
     pub cmd: Option<Vec<String>>,
     /// Disk and address survive stop/start and server restarts.
     pub persistent: bool,
+    /// Firewall, DNS and bandwidth policy (see [`crate::network`]).
+    pub network: warren_netpolicy::NetworkPolicy,
 }
 
 /// A VM whose agent is serving the runtime API.
@@ -123,6 +125,17 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     /// Remove VMs, taps, leases and directories of workspaces not in `keep`.
     async fn reconcile(&self, keep: &HashSet<String>) -> Result<serde_json::Value, BackendError>;
     fn is_running(&self, id: &str) -> bool;
+    /// Change a running workspace's network policy at once (atomically); a workspace
+    /// that is not running gets it at its next boot from its [`BootSpec`].
+    async fn set_network(
+        &self,
+        id: &str,
+        _policy: &warren_netpolicy::NetworkPolicy,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot change the network of {id} while it runs"
+        )))
+    }
     /// The boot (console) log.
     fn boot_log(&self, id: &str) -> Option<String>;
     /// Host-side numbers about a running VM (pid, memory), for one-shot stats.

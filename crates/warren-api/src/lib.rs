@@ -17,6 +17,7 @@ pub mod backend;
 pub mod error;
 pub mod manager;
 pub mod model;
+pub mod network;
 #[cfg(feature = "node")]
 pub mod node_backend;
 pub mod openapi;

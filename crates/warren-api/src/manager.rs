@@ -109,6 +109,8 @@ impl Manager {
             disk_size_mb: w.disk_size_mb,
             env: model::env_of(&cfg).unwrap_or_default(),
             cmd: model::cmd_of(&cfg).unwrap_or_default(),
+            // Checked when stored; a config that no longer checks boots with the default.
+            network: crate::network::policy_of(&cfg).unwrap_or_default(),
             // Every workspace the server manages keeps its disk and address while it
             // exists; the server itself removes it (delete, TTL, remove_on_exit).
             persistent: true,
@@ -143,6 +145,9 @@ impl Manager {
             disk_size_mb: req.disk_size_mb,
             env: model::env_of(req.config.as_object().unwrap_or(&Default::default()))?,
             cmd: model::cmd_of(req.config.as_object().unwrap_or(&Default::default()))?,
+            network: crate::network::policy_of(
+                req.config.as_object().unwrap_or(&Default::default()),
+            )?,
             persistent: true,
         };
         self.backend.validate(&spec)?;
@@ -237,6 +242,38 @@ impl Manager {
         {
             tracing::warn!(workspace_id = id, error = %e, "cannot write the operations log");
         }
+    }
+
+    /// Replace a workspace's `config.network_config`: checked first (a bad one changes
+    /// nothing), applied at once if the VM runs, then stored. Under the workspace's
+    /// lock, so it cannot race a boot that would apply the old one.
+    pub async fn set_network(
+        &self,
+        client_id: &str,
+        id: &str,
+        network_config: serde_json::Map<String, serde_json::Value>,
+    ) -> ApiResult<Workspace> {
+        let lock = self.lock_of(id);
+        let _g = lock.lock().await;
+        let mut w = self
+            .store
+            .workspace(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workspace", id))?;
+        let mut cfg = w.config.as_object().cloned().unwrap_or_default();
+        cfg.insert(
+            crate::network::KEY.into(),
+            serde_json::Value::Object(network_config),
+        );
+        let policy = crate::network::policy_of(&cfg)?;
+        if self.backend.is_running(id) {
+            self.backend.set_network(id, &policy).await?;
+        }
+        w.config = serde_json::Value::Object(cfg);
+        let w = self.store.save_settings(&w).await?;
+        self.log(Some(client_id), id, "network_update", "ok", None)
+            .await;
+        Ok(w)
     }
 
     /// Converge in the background (create, delete).

@@ -160,14 +160,7 @@ pub fn check_config(config: &Map<String, Value>) -> ApiResult<Lifecycle> {
     }
     env_of(config)?;
     cmd_of(config)?;
-    if let Some(nc) = config.get("network_config") {
-        if !nc.is_object() && !nc.is_null() {
-            return Err(ApiError::invalid(
-                "config.network_config",
-                "must be an object",
-            ));
-        }
-    }
+    crate::network::policy_of(config)?;
     Ok(Lifecycle {
         ttl_seconds,
         ttl_action: ttl_action.map(String::from),
@@ -332,6 +325,7 @@ pub fn parse_create(body: &Value) -> ApiResult<CreateRequest> {
     config.insert("cpus".into(), json!(cpus));
     config.insert("memory_mb".into(), json!(memory_mb));
     config.insert("disk_size_mb".into(), json!(disk_size_mb));
+    crate::network::normalize(o, &mut config)?;
     let lifecycle = check_config(&config)?;
     Ok(CreateRequest {
         wait_ready,

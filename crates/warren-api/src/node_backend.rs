@@ -58,8 +58,8 @@ fn node_spec(s: &BootSpec) -> WorkspaceSpec {
         cmd: s.cmd.clone(),
         persistent: s.persistent,
         die_with_owner: false,
-        // Fields the node grows later (network policy, ...) keep their defaults until
-        // the API passes them.
+        network: s.network.clone(),
+        // Fields the node grows later keep their defaults until the API passes them.
         ..WorkspaceSpec::default()
     }
 }
@@ -341,6 +341,17 @@ impl WorkspaceBackend for NodeBackend {
             "leases_released": r.leases_released,
             "dirs_removed": r.dirs_removed,
         }))
+    }
+
+    async fn set_network(
+        &self,
+        id: &str,
+        policy: &warren_netpolicy::NetworkPolicy,
+    ) -> Result<(), BackendError> {
+        let ws = self
+            .get(id)
+            .ok_or_else(|| BackendError::NotRunning(id.into()))?;
+        self.node.set_network(&ws, policy).map_err(map_err)
     }
 
     fn is_running(&self, id: &str) -> bool {

@@ -193,6 +193,27 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
     ),
     (
         "GET",
+        "/workspace/{id}/network",
+        "network",
+        "Firewall, private links, outbound IP, bandwidth limits",
+        200,
+    ),
+    (
+        "PATCH",
+        "/workspace/{id}/network",
+        "network",
+        "Change ingress, egress, allow_internet, air-gap, limits, private links (live, atomic)",
+        200,
+    ),
+    (
+        "POST",
+        "/workspace/{id}/network/ip",
+        "network",
+        "Outbound IP (an address of this host)",
+        200,
+    ),
+    (
+        "GET",
         "/workspace/{id}/logs",
         "logs",
         "Boot or command log (source, tail_lines)",

@@ -178,8 +178,19 @@ impl Resolver {
     /// Bind `listen:53` and serve in the background (needs a tokio runtime).
     pub fn spawn(spec: ResolverSpec) -> Result<Resolver> {
         let addr = SocketAddr::from((spec.listen, 53));
-        let std_sock = std::net::UdpSocket::bind(addr)
-            .map_err(|e| NetError::Io(format!("bind the DNS resolver on {addr}"), e))?;
+        // A resolver of this address that is being stopped (a restart) may hold it for
+        // a moment more.
+        let mut tries = 0;
+        let std_sock = loop {
+            match std::net::UdpSocket::bind(addr) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(NetError::Io(format!("bind the DNS resolver on {addr}"), e)),
+            }
+        };
         std_sock
             .set_nonblocking(true)
             .map_err(|e| NetError::Io("resolver socket".into(), e))?;
@@ -238,6 +249,7 @@ async fn answer(packet: &[u8], spec: &ResolverSpec) -> Option<Vec<u8>> {
     let Some(resp) = forward(packet, q.id, &spec.upstreams).await else {
         return Some(empty_reply(&q, RCODE_SERVFAIL));
     };
+    tracing::debug!(qname = %q.qname, qtype = q.qtype, answers = ?a_records(&resp), "upstream answered");
     if p.egress_restricted() {
         let pins = a_records(&resp);
         let fw = spec.firewall.clone();
@@ -341,5 +353,67 @@ mod tests {
         assert_eq!(u[0].to_string(), "198.51.100.2:53");
         assert_eq!(u[1].port(), 5353);
         assert!(upstreams(&["nope".into()]).is_err());
+    }
+
+    /// A real round trip: a query to the resolver is forwarded upstream and the answer
+    /// comes back; a name the policy does not allow gets NXDOMAIN.
+    #[tokio::test]
+    async fn forwards_allowed_names_only() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: binding port 53 needs root");
+            return;
+        }
+        let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let up_addr = upstream.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, peer)) = upstream.recv_from(&mut buf) {
+                let q = parse_query(&buf[..n]).unwrap();
+                let mut r = empty_reply(&q, 0);
+                r[7] = 1;
+                r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 51, 100, 2]);
+                upstream.send_to(&r, peer).unwrap();
+            }
+        });
+        let policy = crate::NetworkPolicy::default().compile().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let listen: Ipv4Addr = "127.0.0.53".parse().unwrap();
+        let policy_handle = Arc::new(RwLock::new(policy));
+        let _r = Resolver::spawn(ResolverSpec {
+            workspace_id: "ws_test".into(),
+            index: 65000,
+            listen,
+            policy: policy_handle.clone(),
+            upstreams: vec![up_addr],
+            firewall: Firewall::new(dir.path(), None).unwrap(),
+        })
+        .unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ask = |name: &'static str| {
+            let c = &c;
+            async move {
+                c.send_to(&query(name, TYPE_A), (listen, 53)).await.unwrap();
+                let mut buf = [0u8; 1500];
+                let (n, _) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                buf[..n].to_vec()
+            }
+        };
+        let r = ask("api.example.test").await;
+        assert_eq!(a_records(&r), vec![("198.51.100.2".parse().unwrap(), 60)]);
+        let restricted = crate::NetworkPolicy {
+            egress: vec!["api.example.test".into()],
+            ..Default::default()
+        };
+        *policy_handle.write().unwrap() = restricted.compile().unwrap();
+        let r = ask("other.example.test").await;
+        assert_eq!(r[3] & 0xF, RCODE_NXDOMAIN);
+        // Pinning into a set that does not exist (no firewall here) fails: the
+        // resolver says so rather than answer with an address that would be dropped.
+        let r = ask("api.example.test").await;
+        assert_eq!(r[3] & 0xF, RCODE_SERVFAIL);
     }
 }

@@ -26,7 +26,13 @@ pub struct NodeConfig {
     pub kernel_pvm_capable: bool,
     /// Addresses for workspaces: each gets a /30 (host end .1, guest .2).
     pub network_cidr: String,
-    pub dns_servers: Vec<String>,
+    /// Upstream servers of Warren's DNS resolver (`ip` or `ip:port`), which answers
+    /// each workspace on its tap's host address; empty: the host's /etc/resolv.conf.
+    #[serde(alias = "dns_servers")]
+    pub dns_upstream: Vec<String>,
+    /// The interface workspaces' internet traffic leaves by (masquerade);
+    /// `None`: any interface that is not a workspace's tap.
+    pub uplink: Option<String>,
     pub debian_mirror: String,
     /// Upper bounds a workspace may ask for.
     pub max_cpus: u32,
@@ -50,7 +56,8 @@ impl Default for NodeConfig {
             kernel: "auto".into(),
             kernel_pvm_capable: false,
             network_cidr: "10.88.0.0/16".into(),
-            dns_servers: Vec::new(),
+            dns_upstream: Vec::new(),
+            uplink: None,
             debian_mirror: "http://deb.debian.org/debian".into(),
             max_cpus: 16,
             max_memory_mb: 65536,

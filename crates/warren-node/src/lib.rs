@@ -3,7 +3,7 @@
 //! [`Node`] turns a [`WorkspaceSpec`] into a running microVM and tears it down again:
 //! it resolves the image ([`warren_images`]), prepares the guest kernel and initramfs
 //! ([`warren_guest`]), creates the writable disk ([`disk`]), leases an address and a tap
-//! ([`net`]), boots the VM through the [`warren_vmm::Vmm`] boundary, and hands the agent
+//! ([`net`]) with its firewall policy and DNS resolver ([`warren_netpolicy`]), boots the VM through the [`warren_vmm::Vmm`] boundary, and hands the agent
 //! its identity over the control channel ([`control`]). Whatever a workspace had on the
 //! host is listed in its run directory and lease, so [`reconcile`] can remove what
 //! belongs to no live owner after a crash.
@@ -44,6 +44,27 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<warren_netpolicy::NetError> for NodeError {
+    fn from(e: warren_netpolicy::NetError) -> Self {
+        match e {
+            warren_netpolicy::NetError::Policy(p) => NodeError::Invalid {
+                field: p.field,
+                reason: p.reason,
+            },
+            other => NodeError::Network(other.to_string()),
+        }
+    }
+}
+
+impl From<warren_netpolicy::PolicyError> for NodeError {
+    fn from(p: warren_netpolicy::PolicyError) -> Self {
+        NodeError::Invalid {
+            field: p.field,
+            reason: p.reason,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, NodeError>;

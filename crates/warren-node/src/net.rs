@@ -17,6 +17,7 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use warren_netpolicy::{Attachment, Firewall};
 
 /// The persisted part of a lease.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,6 +45,8 @@ pub struct NetPool {
     base: u32,
     blocks: u32,
     dir: PathBuf,
+    cidr: String,
+    firewall: Firewall,
 }
 
 pub fn parse_cidr(cidr: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
@@ -78,7 +81,68 @@ impl NetPool {
         let blocks = 1u32 << (30 - len);
         let dir = run_dir.join("net").join("leases");
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        Ok(NetPool { base, blocks, dir })
+        let firewall = Firewall::new(run_dir, None)?;
+        Ok(NetPool {
+            base,
+            blocks,
+            dir,
+            cidr: format!("{}/{}", Ipv4Addr::from(base), len),
+            firewall,
+        })
+    }
+
+    /// Masquerade only out of `uplink` (default: any interface but the taps).
+    pub fn set_uplink(&mut self, uplink: Option<String>) -> Result<()> {
+        let run_dir = self
+            .dir
+            .parent()
+            .and_then(|p| p.parent())
+            .unwrap_or(&self.dir)
+            .to_path_buf();
+        self.firewall = Firewall::new(&run_dir, uplink)?;
+        Ok(())
+    }
+
+    /// The host's firewall (one nftables table shared by every Warren process).
+    pub fn firewall(&self) -> &Firewall {
+        &self.firewall
+    }
+
+    /// Where a lease is attached, for its firewall rules.
+    pub fn attachment(&self, lease: &Lease) -> Attachment {
+        Attachment {
+            index: lease.record.index,
+            tap: lease.record.tap.clone(),
+            host_ip: lease.host_ip,
+            guest_ip: lease.guest_ip,
+            pool: self.cidr.clone(),
+        }
+    }
+
+    /// Remove the firewall rules of lease index `index`, logging a failure (there is
+    /// nothing better to do on a teardown path; reconcile retries).
+    pub fn remove_rules(&self, index: u32) {
+        if let Err(e) = self.firewall.remove(index) {
+            tracing::warn!(index, error = %e, "cannot remove firewall rules");
+        }
+    }
+
+    /// Rebuild the firewall from the policy records of live leases; remove the rules
+    /// of any other index.
+    pub fn reconcile_firewall(&self) -> Vec<u32> {
+        let leases = self.leases();
+        let live = |r: &warren_netpolicy::Record| {
+            leases
+                .iter()
+                .any(|l| l.index == r.attachment.index && l.workspace_id == r.workspace_id)
+        };
+        match self.firewall.reconcile(&live) {
+            Ok(removed) => removed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot rebuild the firewall");
+                Vec::new()
+            }
+        }
     }
 
     fn lease_for(&self, record: LeaseRecord) -> Lease {
@@ -243,6 +307,7 @@ impl NetPool {
             c.workspace_id == record.workspace_id && c.owner_pid == record.owner_pid
         }) {
             delete_tap(&record.tap);
+            self.remove_rules(record.index);
             let _ = std::fs::remove_file(self.path(record.index));
         }
     }

@@ -1,5 +1,5 @@
-//! Removing what belongs to no live owner: VMM processes, taps, leases and run
-//! directories left by a process that crashed or was killed.
+//! Removing what belongs to no live owner: VMM processes, taps, leases, firewall rules
+//! and run directories left by a process that crashed or was killed.
 
 use crate::net::NetPool;
 use crate::workspace::{OwnerRecord, OWNER_FILE};
@@ -11,6 +11,8 @@ pub struct Reconciled {
     pub vms_killed: Vec<String>,
     pub leases_released: Vec<String>,
     pub dirs_removed: Vec<String>,
+    /// Lease indices whose firewall rules were removed.
+    pub firewall_removed: Vec<u32>,
 }
 
 /// Is `pid` a live process (a zombie is not: it has exited and waits to be reaped)?
@@ -92,6 +94,8 @@ pub fn reconcile(
     }
     // Taps with no lease (the pool lock keeps this from racing with allocations).
     out.leases_released.extend(pool.remove_unleased_taps());
+    // Firewall rules: rebuilt for live leases, removed for every other index.
+    out.firewall_removed = pool.reconcile_firewall();
     let marker = format!("{}/", ws_dir.display());
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {

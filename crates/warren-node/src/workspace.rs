@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Mutex, OnceCell};
 use tracing::Instrument;
 use warren_guest::{GuestAssets, GuestKernel};
 use warren_images::{Image, ImageStore, ImageStoreConfig, Progress};
+use warren_netpolicy::{Compiled, NetworkPolicy, Resolver, ResolverSpec};
 use warren_protocol::control::{
     BootConfig, BootTimings, DataDisk, GuestMessage, HostMessage, NetworkConfig, DATA_DISK_SERIAL,
     IMAGE_DISK_SERIAL,
@@ -37,6 +38,8 @@ pub struct WorkspaceSpec {
     pub persistent: bool,
     /// Kill the VM when this process dies (standalone `warren run`).
     pub die_with_owner: bool,
+    /// What the workspace may send and receive (default: see [`NetworkPolicy`]).
+    pub network: NetworkPolicy,
 }
 
 impl Default for WorkspaceSpec {
@@ -51,6 +54,7 @@ impl Default for WorkspaceSpec {
             cmd: None,
             persistent: false,
             die_with_owner: false,
+            network: NetworkPolicy::default(),
         }
     }
 }
@@ -128,6 +132,14 @@ pub struct RunningWorkspace {
     pub control: ControlChannel,
     pub events: Mutex<mpsc::UnboundedReceiver<GuestMessage>>,
     lease: Lease,
+    net: WorkspaceNet,
+}
+
+/// A running workspace's network policy and its DNS resolver (stopped on drop).
+struct WorkspaceNet {
+    policy: std::sync::Mutex<NetworkPolicy>,
+    compiled: Arc<std::sync::RwLock<Compiled>>,
+    _resolver: Option<Resolver>,
 }
 
 impl RunningWorkspace {
@@ -139,6 +151,25 @@ impl RunningWorkspace {
     pub fn console_log(&self) -> PathBuf {
         self.run_dir.join("console.log")
     }
+
+    /// The host end of the workspace's tap (its gateway and DNS resolver).
+    pub fn host_ip(&self) -> std::net::Ipv4Addr {
+        self.lease.host_ip
+    }
+
+    /// The tap device on the host.
+    pub fn tap(&self) -> &str {
+        &self.lease.record.tap
+    }
+
+    /// The network policy in force.
+    pub fn network(&self) -> NetworkPolicy {
+        self.net
+            .policy
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
 }
 
 pub struct Node {
@@ -149,6 +180,7 @@ pub struct Node {
     accel_reason: String,
     pool: NetPool,
     guest: OnceCell<GuestAssets>,
+    dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -164,7 +196,9 @@ impl Node {
         for d in [&config.data_dir, &config.cache_dir, &config.run_dir] {
             std::fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
         }
-        let pool = NetPool::new(&config.network_cidr, &config.run_dir)?;
+        let mut pool = NetPool::new(&config.network_cidr, &config.run_dir)?;
+        pool.set_uplink(config.uplink.clone())?;
+        let dns_upstreams = warren_netpolicy::dns::upstreams(&config.dns_upstream)?;
         let images = ImageStore::new(ImageStoreConfig {
             cache_dir: config.cache_dir.clone(),
             debian_mirror: config.debian_mirror.clone(),
@@ -178,6 +212,7 @@ impl Node {
             accel_reason,
             pool,
             guest: OnceCell::new(),
+            dns_upstreams,
         })
     }
 
@@ -224,6 +259,60 @@ impl Node {
             if !valid_id(id) {
                 return bad("id", format!("{id:?}: use 3-40 of a-z, 0-9, '_' and '-'"));
             }
+        }
+        spec.network.compile()?;
+        Ok(())
+    }
+
+    /// Apply a workspace's policy to its tap and start its DNS resolver: before the VM
+    /// runs, so the guest is never unfiltered.
+    fn attach_network(
+        &self,
+        id: &str,
+        lease: &Lease,
+        policy: &NetworkPolicy,
+    ) -> Result<WorkspaceNet> {
+        let compiled = policy.compile()?;
+        self.pool
+            .firewall()
+            .apply(id, &self.pool.attachment(lease), policy)?;
+        let compiled = Arc::new(std::sync::RwLock::new(compiled));
+        let resolver = match Resolver::spawn(ResolverSpec {
+            workspace_id: id.to_string(),
+            index: lease.record.index,
+            listen: lease.host_ip,
+            policy: compiled.clone(),
+            upstreams: self.dns_upstreams.clone(),
+            firewall: self.pool.firewall().clone(),
+        }) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver for this workspace");
+                None
+            }
+        };
+        Ok(WorkspaceNet {
+            policy: std::sync::Mutex::new(policy.clone()),
+            compiled,
+            _resolver: resolver,
+        })
+    }
+
+    /// Change a running workspace's network policy at once (one atomic firewall
+    /// transaction; the resolver follows). A bad policy changes nothing.
+    pub fn set_network(&self, ws: &RunningWorkspace, policy: &NetworkPolicy) -> Result<()> {
+        let _span = tracing::info_span!("workspace", workspace_id = %ws.id).entered();
+        let compiled = policy.compile()?;
+        self.pool
+            .firewall()
+            .apply(&ws.id, &self.pool.attachment(&ws.lease), policy)?;
+        match ws.net.compiled.write() {
+            Ok(mut c) => *c = compiled,
+            Err(p) => *p.into_inner() = compiled,
+        }
+        match ws.net.policy.lock() {
+            Ok(mut p) => *p = policy.clone(),
+            Err(p) => *p.into_inner() = policy.clone(),
         }
         Ok(())
     }
@@ -307,6 +396,7 @@ impl Node {
             run_dir: fresh.then(|| run_dir.clone()),
             lease: None,
             tap: None,
+            rules: None,
         };
         if fresh {
             create_run_dir(&run_dir, &id)?;
@@ -330,6 +420,8 @@ impl Node {
         }
         self.pool.create_tap(&lease)?;
         cleanup.tap = Some(lease.record.tap.clone());
+        cleanup.rules = Some(lease.record.index);
+        let net = self.attach_network(&id, &lease, &spec.network)?;
         let network_ms = ms(t);
         let record = WorkspaceRecord {
             id: id.clone(),
@@ -361,7 +453,8 @@ impl Node {
                 address: lease.guest_ip.to_string(),
                 prefix_len: lease.prefix_len,
                 gateway: lease.host_ip.to_string(),
-                dns: self.config.dns_servers.clone(),
+                // Warren's resolver on the tap's host end (see warren_netpolicy::dns).
+                dns: vec![lease.host_ip.to_string()],
                 mtu: 1500,
             }),
             env,
@@ -429,6 +522,7 @@ impl Node {
             control,
             events: Mutex::new(events),
             lease,
+            net,
         })
     }
 
@@ -487,6 +581,7 @@ impl Node {
         async {
             power_off(&ws, grace).await?;
             crate::net::delete_tap(&ws.lease.record.tap);
+            self.pool.remove_rules(ws.lease.record.index);
             for f in ["agent.sock", "qmp.sock"] {
                 let _ = std::fs::remove_file(ws.run_dir.join(f));
             }
@@ -565,6 +660,7 @@ impl Node {
         let vm = self.vmm.attach(&vm_spec, pid).await?;
         let (control, events) = ControlChannel::connect(&vm_spec.control_socket).await?;
         self.pool.claim(&lease.record)?;
+        let net = self.attach_network(&id, &lease, &spec.network)?;
         write_owner(&dir, &id, Some(pid), lease.record.index)?;
         tracing::info!(workspace_id = %id, vmm_pid = pid, "adopted running workspace");
         Ok(Some(RunningWorkspace {
@@ -578,6 +674,7 @@ impl Node {
             control,
             events: Mutex::new(events),
             lease,
+            net,
         }))
     }
 }
@@ -663,6 +760,8 @@ struct Cleanup<'a> {
     run_dir: Option<PathBuf>,
     lease: Option<crate::net::LeaseRecord>,
     tap: Option<String>,
+    /// Lease index whose firewall rules to remove.
+    rules: Option<u32>,
 }
 
 impl Cleanup<'_> {
@@ -670,6 +769,7 @@ impl Cleanup<'_> {
         self.run_dir = None;
         self.lease = None;
         self.tap = None;
+        self.rules = None;
     }
 }
 
@@ -677,6 +777,9 @@ impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if let Some(t) = self.tap.take() {
             crate::net::delete_tap(&t);
+        }
+        if let Some(i) = self.rules.take() {
+            self.pool.remove_rules(i);
         }
         if let Some(l) = self.lease.take() {
             self.pool.release(&l);

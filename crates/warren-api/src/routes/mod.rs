@@ -3,6 +3,7 @@
 mod access;
 mod info;
 mod lifecycle;
+mod network;
 mod power;
 pub mod unimplemented;
 mod workspaces;
@@ -61,6 +62,11 @@ pub fn router(state: AppState) -> Router {
                 .put(info::metadata_put)
                 .patch(info::metadata_patch),
         )
+        .route(
+            "/workspace/{id}/network",
+            get(network::get).patch(network::update),
+        )
+        .route("/workspace/{id}/network/ip", post(network::outbound_ip))
         .route("/workspace/{id}/logs", get(info::logs))
         .route("/workspace/{id}/logs/list", get(info::logs_list))
         .route("/workspace/{id}/logs/file/{name}", get(info::logs_file))

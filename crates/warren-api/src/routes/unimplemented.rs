@@ -65,24 +65,6 @@ pub const LATER: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "GET",
-        "/workspace/{id}/network",
-        "network policy",
-        "the networking policy (nftables) issue",
-    ),
-    (
-        "PATCH",
-        "/workspace/{id}/network",
-        "network policy",
-        "the networking policy (nftables) issue",
-    ),
-    (
-        "POST",
-        "/workspace/{id}/network/ip",
-        "outbound IPs",
-        "the networking policy (nftables) issue",
-    ),
-    (
-        "GET",
         "/workspace/{id}/ssh",
         "SSH access",
         "the edge proxy and SSH gateway issue",

@@ -12,7 +12,6 @@
 pub mod proxy;
 pub mod tokens;
 pub mod tunnel;
-pub mod upgrade;
 
 pub use proxy::{router, GatewayState};
 pub use tokens::{Claims, GatewayKeys, TokenError};

@@ -198,21 +198,6 @@ async fn forward_inner(st: &GatewayState, req: Request) -> Result<Response, GwEr
         if ws.observed_state != ObservedState::Running {
             return Err(not_running(&ws.id, ws.observed_state));
         }
-        if crate::upgrade::is_upgrade(req.headers()) {
-            // WebSocket (the runtime's /ws, or an app's behind /proxy).
-            let addr = format!("{ip}:{API_PORT}");
-            let target = format!("{}{}", req.uri().path(), upstream_query(req.uri().query()));
-            return crate::upgrade::forward(req, &addr, &target, agent_token)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "upgrade to the agent failed");
-                    GwError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unavailable",
-                        format!("the workspace's runtime API did not answer: {e}"),
-                    )
-                });
-        }
         let url = format!(
             "http://{ip}:{API_PORT}{}{}",
             req.uri().path(),

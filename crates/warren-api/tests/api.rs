@@ -581,7 +581,7 @@ async fn unknown_ids_and_later_features() {
     for (m, p, feature) in [
         ("GET", "/workspace/ws_x/ssh", "SSH access"),
         ("POST", "/workspace/ws_x/snapshot", "snapshots"),
-        ("GET", "/workspace/ws_x/network", "network policy"),
+        ("GET", "/workspace/ws_x/public-access", "public access"),
         ("GET", "/workspace/ws_x/workloads", "managed workloads"),
         ("GET", "/workspace/usage", "usage accounting"),
     ] {

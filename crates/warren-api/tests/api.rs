@@ -24,6 +24,8 @@ use warren_state::Store;
 struct TestBackend {
     calls: Mutex<Vec<String>>,
     fail_create: AtomicBool,
+    /// Creates wait (after reporting progress) while this is set.
+    hold_create: AtomicBool,
     running: Mutex<HashSet<String>>,
     events: Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>,
 }
@@ -82,6 +84,9 @@ impl WorkspaceBackend for TestBackend {
     ) -> Result<Booted, BackendError> {
         self.record(format!("create {}", spec.id));
         progress.phase(BootPhase::Preparing, "Preparing image busybox");
+        while self.hold_create.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(BackendError::Failed("the image does not exist".into()));
@@ -595,6 +600,33 @@ async fn unknown_ids_and_later_features() {
         .await;
     assert_error(s, &b, 501, "not_implemented");
     assert_eq!(api.total().await, 0);
+}
+
+#[tokio::test]
+async fn provisioning_reports_its_phase() {
+    let api = Api::start(|_| {}).await;
+    api.backend.hold_create.store(true, Ordering::SeqCst);
+    let (_, b) = api.call("POST", "/workspace", None).await;
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    let w = api
+        .wait_for(&id, |w| w["provisioning"]["phase"] == "preparing")
+        .await;
+    assert_eq!(w["provisioning"]["state"], "running");
+    assert_eq!(w["provisioning"]["message"], "Preparing image busybox");
+    assert_eq!(
+        (w["ready"].clone(), w["status"].clone()),
+        (json!(false), json!("creating"))
+    );
+    api.backend.hold_create.store(false, Ordering::SeqCst);
+    let w = api.wait_for(&id, |w| w["ready"] == true).await;
+    assert_eq!(
+        (
+            w["provisioning"]["state"].clone(),
+            w["provisioning"]["phase"].clone()
+        ),
+        (json!("ready"), json!("ready"))
+    );
+    assert!(w["provisioning"]["completed_at"].is_string());
 }
 
 #[tokio::test]

@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 : "${WARREN_BIN:?set WARREN_BIN to the warren binary}"
 npm ci --no-audit --no-fund --loglevel=error >&2
-exec node --test --test-concurrency=1 ./*.test.mjs
+# Top-level tests of a file run one after another.
+exec node --test ./*.test.mjs

@@ -49,6 +49,13 @@ pub struct NodeArgs {
     /// Address pool for workspaces (each gets a /30).
     #[arg(long, env = "WARREN_NETWORK_CIDR", default_value = "10.88.0.0/16")]
     pub network_cidr: String,
+    /// Upstream DNS servers of Warren's resolver (ip or ip:port, comma separated);
+    /// default: the host's /etc/resolv.conf.
+    #[arg(long, env = "WARREN_DNS_UPSTREAM", value_delimiter = ',')]
+    pub dns_upstream: Vec<String>,
+    /// Interface workspaces' internet traffic leaves by (default: any but the taps).
+    #[arg(long, env = "WARREN_UPLINK")]
+    pub uplink: Option<String>,
 }
 
 impl NodeArgs {
@@ -60,6 +67,8 @@ impl NodeArgs {
             qemu_binary: self.qemu.clone(),
             kernel: self.kernel.clone(),
             network_cidr: self.network_cidr.clone(),
+            dns_upstream: self.dns_upstream.clone(),
+            uplink: self.uplink.clone(),
             ..NodeConfig::default()
         };
         if let Some(a) = &self.agent {

@@ -7,6 +7,7 @@ use crate::files;
 use crate::reaper::Reaper;
 use crate::tasks::Tasks;
 use crate::term::{self, Terminals};
+use crate::workloads::{self, Workloads};
 use crate::workspace::Workspace;
 use crate::ws::{self, Connections};
 use axum::body::Body;
@@ -40,6 +41,7 @@ pub const CAPABILITIES: &[&str] = &[
     "exec_subscribe",
     "terminals",
     "ws",
+    "workloads",
 ];
 
 #[derive(Clone)]
@@ -49,19 +51,34 @@ pub struct AppState {
     pub exec: ExecCtx,
     pub terminals: Arc<Terminals>,
     pub conns: Connections,
+    pub workloads: Arc<Workloads>,
 }
 
 impl AppState {
-    pub fn new(token: &str, ws: Workspace, reaper: Reaper) -> AppState {
+    /// `workload_logs`: where workload log files go (none: memory only);
+    /// `workload_state`: where workload definitions are saved for the next boot.
+    pub fn new(
+        token: &str,
+        ws: Workspace,
+        reaper: Reaper,
+        workload_logs: Option<PathBuf>,
+        workload_state: Option<PathBuf>,
+    ) -> AppState {
+        let ws = Arc::new(ws);
+        let wctx = workloads::Ctx {
+            ws: ws.clone(),
+            reaper: reaper.clone(),
+        };
         AppState {
             token: Arc::from(token),
-            ws: Arc::new(ws),
+            ws,
             exec: ExecCtx {
                 reaper,
                 tasks: Arc::new(Tasks::default()),
             },
             terminals: Arc::new(Terminals::default()),
             conns: Connections::default(),
+            workloads: Arc::new(Workloads::new(wctx, workload_logs, workload_state)),
         }
     }
 }
@@ -167,7 +184,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let r = Router::new()
         .route("/health", get(health))
         .route("/runtime", get(runtime_info))
         .route(
@@ -186,6 +203,36 @@ pub fn router(state: AppState) -> Router {
         .route("/terminals/{id}/resize", post(term::api::resize))
         .route("/terminals/{id}/input", post(term::api::input))
         .route("/ws", get(ws::upgrade))
+        .route(
+            "/workloads",
+            get(workloads::api::list)
+                .post(workloads::api::create)
+                .delete(workloads::api::delete_all),
+        )
+        .route(
+            "/workloads/stats/stream",
+            get(workloads::api::all_stats_stream),
+        )
+        .route(
+            "/workloads/{id}",
+            get(workloads::api::get)
+                .put(workloads::api::update)
+                .patch(workloads::api::update)
+                .delete(workloads::api::delete),
+        )
+        .route("/workloads/{id}/start", post(workloads::api::start))
+        .route("/workloads/{id}/stop", post(workloads::api::stop))
+        .route("/workloads/{id}/status", get(workloads::api::get))
+        .route("/workloads/{id}/logs", get(workloads::api::logs))
+        .route(
+            "/workloads/{id}/logs/stream",
+            get(workloads::api::logs_stream),
+        )
+        .route("/workloads/{id}/stats", get(workloads::api::stats))
+        .route(
+            "/workloads/{id}/stats/stream",
+            get(workloads::api::stats_stream),
+        )
         .route("/files", get(files::list))
         .route("/files/read", get(files::read))
         .route("/files/write", post(files::write))
@@ -193,7 +240,8 @@ pub fn router(state: AppState) -> Router {
         .route("/files/mkdir", post(files::mkdir))
         .route("/files/delete", post(files::delete).delete(files::delete))
         .route("/files/download", get(files::download))
-        .route("/files/upload", put(files::upload).post(files::upload))
+        .route("/files/upload", put(files::upload).post(files::upload));
+    crate::later::add(r)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
@@ -492,7 +540,9 @@ pub fn serve_blocking(
             .map_err(|e| ServeError::Bind(listen, e))?;
         let addr = listener.local_addr().unwrap_or(listen);
         tracing::info!("runtime API listening on {addr}");
-        let state = AppState::new(&token, ws, reaper);
+        // Workload logs in a directory of this process; definitions not saved.
+        let logs = std::env::temp_dir().join(format!("warren-agent-{}", std::process::id()));
+        let state = AppState::new(&token, ws, reaper, Some(logs.join("workloads")), None);
         tokio::select! {
             r = serve(listener, state) => r.map_err(ServeError::Serve),
             _ = tokio::signal::ctrl_c() => Ok(()),

@@ -275,6 +275,7 @@ mod tests {
             clock_unix_ns: 1_790_000_000_123_456_789,
             entropy_hex: "00".into(),
             data_disk: Default::default(),
+            workloads: vec![serde_json::json!({"name": "w", "cmd": ["true"]})],
         };
         let msg = HostMessage::Boot {
             config: Box::new(config),

@@ -26,6 +26,9 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("{0}")]
     Internal(String),
+    /// 501: a runtime feature this agent does not have yet.
+    #[error("{0}")]
+    NotImplemented(String),
 }
 
 impl ApiError {
@@ -40,6 +43,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -53,6 +57,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_error",
             ApiError::Unprocessable { code, .. } => code,
             ApiError::Internal(_) => "internal_error",
+            ApiError::NotImplemented(_) => "not_implemented",
         }
     }
 

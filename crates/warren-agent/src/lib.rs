@@ -20,6 +20,7 @@ pub mod error;
 pub mod exec;
 pub mod files;
 pub mod init;
+pub mod later;
 pub mod logging;
 pub mod net;
 pub mod reaper;
@@ -28,6 +29,7 @@ pub mod stdio;
 pub mod tasks;
 pub mod term;
 pub mod time;
+pub mod workloads;
 pub mod workspace;
 pub mod ws;
 

@@ -84,6 +84,17 @@ impl<T: Clone> Replay<T> {
         self.lock().bytes
     }
 
+    /// The items after `*pos` (from the oldest kept one if `*pos` was dropped) that are
+    /// there now, without waiting.
+    pub fn read_now(&self, pos: &mut u64) -> Vec<T> {
+        let g = self.lock();
+        let end = g.base + g.items.len() as u64;
+        let start = (*pos).max(g.base);
+        let skip = usize::try_from(start.saturating_sub(g.base)).unwrap_or(usize::MAX);
+        *pos = end;
+        g.items.iter().skip(skip).map(|(t, _)| t.clone()).collect()
+    }
+
     /// The items after `*pos` (from the oldest kept one if `*pos` was dropped), waiting
     /// for some when there are none yet. `None` once closed and everything was read.
     pub async fn next(&self, pos: &mut u64) -> Option<Vec<T>> {

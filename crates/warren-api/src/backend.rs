@@ -25,6 +25,8 @@ pub struct BootSpec {
     pub persistent: bool,
     /// Firewall, DNS and bandwidth policy (see [`crate::network`]).
     pub network: warren_netpolicy::NetworkPolicy,
+    /// `config.workloads`: started by the agent at every boot.
+    pub workloads: Vec<serde_json::Value>,
 }
 
 /// A VM whose agent is serving the runtime API.

@@ -111,6 +111,7 @@ impl Manager {
             cmd: model::cmd_of(&cfg).unwrap_or_default(),
             // Checked when stored; a config that no longer checks boots with the default.
             network: crate::network::policy_of(&cfg).unwrap_or_default(),
+            workloads: model::workloads_of(&cfg).unwrap_or_default(),
             // Every workspace the server manages keeps its disk and address while it
             // exists; the server itself removes it (delete, TTL, remove_on_exit).
             persistent: true,
@@ -148,6 +149,7 @@ impl Manager {
             network: crate::network::policy_of(
                 req.config.as_object().unwrap_or(&Default::default()),
             )?,
+            workloads: model::workloads_of(req.config.as_object().unwrap_or(&Default::default()))?,
             persistent: true,
         };
         self.backend.validate(&spec)?;

@@ -160,6 +160,7 @@ pub fn check_config(config: &Map<String, Value>) -> ApiResult<Lifecycle> {
     }
     env_of(config)?;
     cmd_of(config)?;
+    workloads_of(config)?;
     crate::network::policy_of(config)?;
     Ok(Lifecycle {
         ttl_seconds,
@@ -167,6 +168,67 @@ pub fn check_config(config: &Map<String, Value>) -> ApiResult<Lifecycle> {
         remove_on_exit,
         restart_policy: restart_policy.map(String::from),
     })
+}
+
+/// `config.workloads`: objects the agent runs as managed workloads at boot. Checked
+/// here as far as a bad one would otherwise only show up in the guest: an object, a
+/// non-empty `cmd` (array of strings or a shell string), a known `restart_policy`, a
+/// unique `name`. The agent validates the rest as `POST /workloads` does.
+pub fn workloads_of(config: &Map<String, Value>) -> ApiResult<Vec<Value>> {
+    let items = match config.get("workloads") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "config.workloads",
+                "must be an array of workload objects",
+            ))
+        }
+    };
+    let mut names = std::collections::HashSet::new();
+    for (i, w) in items.iter().enumerate() {
+        let field = |f: &str| format!("config.workloads[{i}]{f}");
+        let o = w
+            .as_object()
+            .ok_or_else(|| ApiError::invalid(&field(""), "must be an object"))?;
+        let cmd_ok = match o.get("cmd") {
+            Some(Value::String(s)) => !s.trim().is_empty(),
+            Some(Value::Array(a)) => {
+                a.iter().all(Value::is_string)
+                    && a.first()
+                        .and_then(Value::as_str)
+                        .is_some_and(|p| !p.trim().is_empty())
+            }
+            _ => false,
+        };
+        if !cmd_ok {
+            return Err(ApiError::invalid(
+                &field(".cmd"),
+                "is required: an array of strings with a program first",
+            ));
+        }
+        if let Some(p) = o.get("restart_policy").filter(|p| !p.is_null()) {
+            const POLICIES: &[&str] = &["never", "on-failure", "always"];
+            if !p.as_str().is_some_and(|p| POLICIES.contains(&p)) {
+                return Err(ApiError::invalid(
+                    &field(".restart_policy"),
+                    format!("{p}: use one of {}", POLICIES.join(", ")),
+                ));
+            }
+        }
+        if let Some(n) = o.get("name").filter(|n| !n.is_null()) {
+            let n = n
+                .as_str()
+                .ok_or_else(|| ApiError::invalid(&field(".name"), "must be a string"))?;
+            if !names.insert(n.to_string()) {
+                return Err(ApiError::invalid(
+                    &field(".name"),
+                    format!("{n:?} is used by two workloads"),
+                ));
+            }
+        }
+    }
+    Ok(items.clone())
 }
 
 /// `env` as `["K=V", ...]`, `[{"key":..,"value":..}]` or `{"K": "V"}`.
@@ -481,6 +543,32 @@ pub fn workspace_view(w: &Workspace) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_workloads_are_checked() {
+        let cfg = |v: Value| v.as_object().cloned().unwrap();
+        let ok = workloads_of(&cfg(json!({"workloads": [
+            {"name": "a", "cmd": ["sleep", "9"], "restart_policy": "on-failure"},
+            {"cmd": "echo hi"}
+        ]})))
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(workloads_of(&cfg(json!({}))).unwrap().is_empty());
+        let field = |v: Value| match workloads_of(&cfg(v)) {
+            Err(e) => format!("{} {}", e.message, e.details.unwrap_or_default()),
+            Ok(_) => String::new(),
+        };
+        assert!(field(json!({"workloads": 5})).contains("config.workloads"));
+        assert!(field(json!({"workloads": [{"name": "a"}]})).contains("config.workloads[0].cmd"));
+        assert!(
+            field(json!({"workloads": [{"cmd": ["x"], "restart_policy": "sometimes"}]}))
+                .contains("restart_policy")
+        );
+        assert!(field(
+            json!({"workloads": [{"name": "a", "cmd": ["x"]}, {"name": "a", "cmd": ["y"]}]})
+        )
+        .contains("config.workloads[1].name"));
+    }
 
     #[test]
     fn ttl_forms() {

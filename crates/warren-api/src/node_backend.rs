@@ -59,6 +59,7 @@ fn node_spec(s: &BootSpec) -> WorkspaceSpec {
         persistent: s.persistent,
         die_with_owner: false,
         network: s.network.clone(),
+        workloads: s.workloads.clone(),
         // Fields the node grows later keep their defaults until the API passes them.
         ..WorkspaceSpec::default()
     }

@@ -40,6 +40,8 @@ pub struct WorkspaceSpec {
     pub die_with_owner: bool,
     /// What the workspace may send and receive (default: see [`NetworkPolicy`]).
     pub network: NetworkPolicy,
+    /// Managed workloads the agent starts at boot (`BootConfig::workloads`).
+    pub workloads: Vec<serde_json::Value>,
 }
 
 impl Default for WorkspaceSpec {
@@ -55,6 +57,7 @@ impl Default for WorkspaceSpec {
             persistent: false,
             die_with_owner: false,
             network: NetworkPolicy::default(),
+            workloads: Vec::new(),
         }
     }
 }
@@ -469,6 +472,7 @@ impl Node {
                 .unwrap_or(0),
             entropy_hex: random_hex(64),
             data_disk: DataDisk::Ext4,
+            workloads: spec.workloads.clone(),
         };
         control
             .send(&HostMessage::Boot {

@@ -48,6 +48,11 @@ pub struct BootConfig {
     /// How the writable disk is to be prepared.
     #[serde(default)]
     pub data_disk: DataDisk,
+    /// Managed workloads to start at boot (`config.workloads` of the create request:
+    /// objects with the fields of the runtime's `POST /workloads`; the agent validates
+    /// them). They replace saved workloads of the same name.
+    #[serde(default)]
+    pub workloads: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

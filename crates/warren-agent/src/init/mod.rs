@@ -33,6 +33,10 @@ use warren_protocol::control::{
 /// How long to wait for devices (the control port, disks, the NIC) to show up.
 const DEVICE_WAIT: Duration = Duration::from_secs(2);
 const BOOT_LOG: &str = "/run/warren/boot.log";
+/// Workload log files (rotated), in the workspace's writable layer.
+const WORKLOAD_LOGS: &str = "/var/log/warren/workloads";
+/// Workload definitions, saved so they start again at the next boot.
+const WORKLOAD_STATE: &str = "/var/lib/warren/workloads.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -228,7 +232,14 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
     match result {
         Ok((booted, reaper)) => {
             let ws = Arc::new(booted.workspace);
-            let state = AppState::new(&config.api_token, (*ws).clone(), reaper.clone());
+            let state = AppState::new(
+                &config.api_token,
+                (*ws).clone(),
+                reaper.clone(),
+                Some(PathBuf::from(WORKLOAD_LOGS)),
+                Some(PathBuf::from(WORKLOAD_STATE)),
+            );
+            let workloads = state.workloads.clone();
             tokio::spawn(async move {
                 if let Err(e) = api::serve(booted.listener, state).await {
                     tracing::error!("runtime API server stopped: {e}");
@@ -246,6 +257,9 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
             if let Some(argv) = config.cmd.clone() {
                 cmd::start(ws, reaper, argv, tx.clone());
             }
+            // Workloads saved by earlier boots and those of the boot configuration.
+            workloads.restore(&config.workloads);
+            log.step(format!("workloads: {} defined", workloads.list().len()));
         }
         Err(e) => {
             tracing::error!("boot failed: {e}");

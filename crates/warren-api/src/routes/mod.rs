@@ -6,6 +6,7 @@ mod lifecycle;
 mod network;
 mod power;
 pub mod unimplemented;
+mod workloads;
 mod workspaces;
 
 use crate::error::{ApiError, ApiResult};
@@ -15,6 +16,17 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use serde_json::Value;
 use warren_state::Workspace;
+
+/// Per-workload actions forwarded to the agent: (method, path after the workload id).
+pub const WORKLOAD_ACTIONS: &[(&str, &str)] = &[
+    ("POST", "start"),
+    ("POST", "stop"),
+    ("GET", "status"),
+    ("GET", "logs"),
+    ("GET", "logs/stream"),
+    ("GET", "stats"),
+    ("GET", "stats/stream"),
+];
 
 pub fn router(state: AppState) -> Router {
     let r = Router::new()
@@ -87,6 +99,33 @@ pub fn router(state: AppState) -> Router {
             "/workspace/{id}/runtime-api-access/token/raw",
             get(access::raw_token),
         );
+    let r = r
+        .route(
+            "/workspace/{id}/workloads",
+            get(workloads::collection)
+                .post(workloads::collection)
+                .delete(workloads::collection),
+        )
+        .route(
+            "/workspace/{id}/workloads/stats/stream",
+            get(workloads::all_stats),
+        )
+        .route(
+            "/workspace/{id}/workloads/{wid}",
+            get(workloads::item)
+                .put(workloads::item)
+                .patch(workloads::item)
+                .delete(workloads::item),
+        );
+    let r = WORKLOAD_ACTIONS.iter().fold(r, |r, (m, action)| {
+        let path = format!("/workspace/{{id}}/workloads/{{wid}}/{action}");
+        let h = if *m == "POST" {
+            post(workloads::item)
+        } else {
+            get(workloads::item)
+        };
+        r.route(&path, h)
+    });
     let r = unimplemented::add(r);
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -7,6 +7,7 @@ use crate::files;
 use crate::reaper::Reaper;
 use crate::tasks::Tasks;
 use crate::term::{self, Terminals};
+use crate::watchers::{self, Watchers};
 use crate::workloads::{self, Workloads};
 use crate::workspace::Workspace;
 use crate::ws::{self, Connections};
@@ -42,6 +43,7 @@ pub const CAPABILITIES: &[&str] = &[
     "terminals",
     "ws",
     "workloads",
+    "watchers",
 ];
 
 #[derive(Clone)]
@@ -52,6 +54,7 @@ pub struct AppState {
     pub terminals: Arc<Terminals>,
     pub conns: Connections,
     pub workloads: Arc<Workloads>,
+    pub watchers: Arc<Watchers>,
 }
 
 impl AppState {
@@ -69,6 +72,8 @@ impl AppState {
             ws: ws.clone(),
             reaper: reaper.clone(),
         };
+        let conns = Connections::default();
+        let watchers = Arc::new(Watchers::new(conns.events.clone()));
         AppState {
             token: Arc::from(token),
             ws,
@@ -77,7 +82,8 @@ impl AppState {
                 tasks: Arc::new(Tasks::default()),
             },
             terminals: Arc::new(Terminals::default()),
-            conns: Connections::default(),
+            conns,
+            watchers,
             workloads: Arc::new(Workloads::new(wctx, workload_logs, workload_state)),
         }
     }
@@ -203,6 +209,14 @@ pub fn router(state: AppState) -> Router {
         .route("/terminals/{id}/resize", post(term::api::resize))
         .route("/terminals/{id}/input", post(term::api::input))
         .route("/ws", get(ws::upgrade))
+        .route(
+            "/watchers",
+            get(watchers::api::list).post(watchers::api::create),
+        )
+        .route(
+            "/watchers/{id}",
+            get(watchers::api::get).delete(watchers::api::delete),
+        )
         .route(
             "/workloads",
             get(workloads::api::list)

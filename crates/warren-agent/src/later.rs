@@ -8,8 +8,6 @@ use axum::Router;
 
 /// (path, feature).
 pub const LATER: &[(&str, &str)] = &[
-    ("/watchers", "file watchers"),
-    ("/watchers/{id}", "file watchers"),
     ("/files/search", "content search"),
     ("/files/search/files", "file-name search"),
     ("/files/search/init", "content search"),

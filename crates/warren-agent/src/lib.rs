@@ -29,6 +29,7 @@ pub mod stdio;
 pub mod tasks;
 pub mod term;
 pub mod time;
+pub mod watchers;
 pub mod workloads;
 pub mod workspace;
 pub mod ws;

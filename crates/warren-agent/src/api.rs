@@ -17,7 +17,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -44,6 +44,7 @@ pub const CAPABILITIES: &[&str] = &[
     "ws",
     "workloads",
     "watchers",
+    "proxy",
 ];
 
 #[derive(Clone)]
@@ -209,6 +210,8 @@ pub fn router(state: AppState) -> Router {
         .route("/terminals/{id}/resize", post(term::api::resize))
         .route("/terminals/{id}/input", post(term::api::input))
         .route("/ws", get(ws::upgrade))
+        .route("/proxy", any(crate::proxy::handle))
+        .route("/proxy/{*rest}", any(crate::proxy::handle))
         .route(
             "/watchers",
             get(watchers::api::list).post(watchers::api::create),

@@ -26,6 +26,9 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("{0}")]
     Internal(String),
+    /// 502: the app behind `/proxy` did not answer.
+    #[error("{0}")]
+    BadGateway(String),
     /// 501: a runtime feature this agent does not have yet.
     #[error("{0}")]
     NotImplemented(String),
@@ -44,6 +47,7 @@ impl ApiError {
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::Unprocessable { code, .. } => code,
             ApiError::Internal(_) => "internal_error",
             ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::BadGateway(_) => "bad_gateway",
         }
     }
 

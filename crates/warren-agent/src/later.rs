@@ -13,8 +13,6 @@ pub const LATER: &[(&str, &str)] = &[
     ("/files/search/init", "content search"),
     ("/files/transfer/download", "tar.gz transfer"),
     ("/files/transfer/upload", "tar.gz transfer"),
-    ("/proxy", "the loopback proxy"),
-    ("/proxy/{*rest}", "the loopback proxy"),
 ];
 
 /// Add every later endpoint to `r`.

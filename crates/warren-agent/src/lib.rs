@@ -23,6 +23,7 @@ pub mod init;
 pub mod later;
 pub mod logging;
 pub mod net;
+pub mod proxy;
 pub mod reaper;
 pub mod replay;
 pub mod stdio;

@@ -8,12 +8,22 @@
 //!             oifname vmap @fwd_in    -> wN_in    what may reach the workspace
 //! input       iifname vmap @host_in   -> wN_host  workspace -> host: replies, DNS
 //! output      oifname vmap @host_out  -> wN_agent host -> workspace: the agent port
-//! postrouting iifname "wt*" oifname != "wt*": snat to @outbound_ip, else masquerade
+//! postrouting iifname "wt*" oifname != "wt*" iifname vmap @nat_out -> wN_nat
+//!             (snat to its outbound IP, or masquerade); other taps: masquerade
 //! sets        wN_src (ingress sources), wN_dst (egress nets), wN_dns (pinned answers,
 //!             with timeouts), private (non-internet ranges)
 //! ```
 //!
-//! Per-workspace chains end in `drop`; an allowed packet `return`s to the base chain so
+//! Map values never change for a tap (`wtN` always jumps to `wN_...`), so adding an
+//! element before deleting it makes the deletion safe whether or not it existed: that
+//! is how one transaction replaces or removes a workspace without knowing what the
+//! table holds.
+//!
+//! ```text
+//! ```
+//!
+//! Per-workspace chains end by refusing (TCP reset, else ICMP admin-prohibited: a
+//! blocked connection fails at once); an allowed packet `return`s to the base chain so
 //! the other side's chain is consulted too (A -> B passes A's `out` and B's `in`). A tap
 //! not in the maps is not ours to filter (a process that manages no policy).
 //! Records of applied policies live next to the address leases
@@ -67,14 +77,18 @@ pub struct Record {
     pub policy: NetworkPolicy,
 }
 
-fn chains(i: u32) -> [String; 4] {
+fn chains(i: u32) -> [String; 5] {
     [
         format!("w{i}_out"),
         format!("w{i}_in"),
         format!("w{i}_host"),
         format!("w{i}_agent"),
+        format!("w{i}_nat"),
     ]
 }
+
+/// The verdict maps, in the order of [`chains`].
+const MAPS: [&str; 5] = ["fwd_out", "fwd_in", "host_in", "host_out", "nat_out"];
 
 fn set_decl(name: &str, timeout: bool) -> String {
     if timeout {
@@ -106,10 +120,9 @@ pub fn skeleton(uplink: Option<&str>) -> String {
     let mut s = String::new();
     let t = TABLE;
     let _ = writeln!(s, "add table {t}");
-    for m in ["fwd_out", "fwd_in", "host_in", "host_out"] {
+    for m in MAPS {
         let _ = writeln!(s, "add map {t} {m} {{ type ifname : verdict; }}");
     }
-    let _ = writeln!(s, "add map {t} outbound_ip {{ type ifname : ipv4_addr; }}");
     s.push_str(&set_decl("private", false));
     let _ = writeln!(s, "flush set {t} private");
     let private: Vec<Net> = PRIVATE_RANGES
@@ -157,7 +170,7 @@ pub fn skeleton(uplink: Option<&str>) -> String {
     let _ = writeln!(s, "flush chain {t} postrouting");
     let _ = writeln!(
         s,
-        "add rule {t} postrouting iifname \"wt*\" {out} snat ip to iifname map @outbound_ip"
+        "add rule {t} postrouting iifname \"wt*\" {out} iifname vmap @nat_out"
     );
     let _ = writeln!(
         s,
@@ -178,14 +191,14 @@ fn limit(kbps: u64) -> String {
 pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
     let t = TABLE;
     let i = a.index;
-    let [out, inn, host, agent] = chains(i);
+    let [out, inn, host, agent, nat] = chains(i);
     let (src, dst, dns) = (
         format!("w{i}_src"),
         format!("w{i}_dst"),
         format!("w{i}_dns"),
     );
     let mut s = String::new();
-    for ch in [&out, &inn, &host, &agent] {
+    for ch in [&out, &inn, &host, &agent, &nat] {
         let _ = writeln!(s, "add chain {t} {ch}");
         let _ = writeln!(s, "flush chain {t} {ch}");
     }
@@ -221,7 +234,7 @@ pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
             }
         }
     }
-    r(&mut s, &out, "drop");
+    refuse(&mut s, &out);
 
     // What reaches the workspace (forwarded).
     if let Some(k) = c.ingress_kbps {
@@ -232,7 +245,7 @@ pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
     if !c.air_gapped {
         admit_sources(&mut s, &inn, &src, &c.ingress_ports);
     }
-    r(&mut s, &inn, "drop");
+    refuse(&mut s, &inn);
 
     // The workspace talking to the host itself: replies, and DNS to Warren's resolver.
     r(&mut s, &host, "meta nfproto ipv6 drop");
@@ -242,7 +255,7 @@ pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
         r(&mut s, &host, &format!("ip daddr {h} udp dport 53 return"));
         r(&mut s, &host, &format!("ip daddr {h} tcp dport 53 return"));
     }
-    r(&mut s, &host, "drop");
+    refuse(&mut s, &host);
 
     // The host talking to the workspace: the agent port always, else as ingress says.
     r(&mut s, &agent, "ct state established,related return");
@@ -254,26 +267,34 @@ pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
     if !c.air_gapped {
         admit_sources(&mut s, &agent, &src, &c.ingress_ports);
     }
-    r(&mut s, &agent, "drop");
+    refuse(&mut s, &agent);
+
+    // Leaving the host: from its outbound IP, else the interface's address.
+    match c.outbound_ip {
+        Some(ip) => r(&mut s, &nat, &format!("snat ip to {ip}")),
+        None => r(&mut s, &nat, "masquerade"),
+    }
 
     let tap = &a.tap;
-    for (map, chain) in [
-        ("fwd_out", &out),
-        ("fwd_in", &inn),
-        ("host_in", &host),
-        ("host_out", &agent),
-    ] {
+    for (map, chain) in MAPS.iter().zip([&out, &inn, &host, &agent, &nat]) {
         let _ = writeln!(s, "add element {t} {map} {{ \"{tap}\" : jump {chain} }}");
     }
-    // The outbound address: add-then-delete makes the delete safe when it is absent.
+    s
+}
+
+/// The end of a workspace chain: refuse what was not allowed, loudly (a TCP reset,
+/// else ICMP administratively prohibited), so a blocked connection fails at once
+/// instead of hanging until the client's own timeout.
+fn refuse(s: &mut String, chain: &str) {
+    let t = TABLE;
     let _ = writeln!(
         s,
-        "add element {t} outbound_ip {{ \"{tap}\" : {h} }}\ndelete element {t} outbound_ip {{ \"{tap}\" }}"
+        "add rule {t} {chain} meta l4proto tcp reject with tcp reset"
     );
-    if let Some(ip) = c.outbound_ip {
-        let _ = writeln!(s, "add element {t} outbound_ip {{ \"{tap}\" : {ip} }}");
-    }
-    s
+    let _ = writeln!(
+        s,
+        "add rule {t} {chain} reject with icmpx type admin-prohibited"
+    );
 }
 
 fn admit_sources(s: &mut String, chain: &str, src: &str, ports: &[u16]) {
@@ -309,19 +330,12 @@ pub fn removal_script(i: u32) -> String {
     for c in &ch {
         let _ = writeln!(s, "add chain {t} {c}");
     }
-    for (map, chain) in ["fwd_out", "fwd_in", "host_in", "host_out"]
-        .iter()
-        .zip(ch.iter())
-    {
+    for (map, chain) in MAPS.iter().zip(ch.iter()) {
         let _ = writeln!(
             s,
             "add element {t} {map} {{ \"{tap}\" : jump {chain} }}\ndelete element {t} {map} {{ \"{tap}\" }}"
         );
     }
-    let _ = writeln!(
-        s,
-        "add element {t} outbound_ip {{ \"{tap}\" : 127.0.0.1 }}\ndelete element {t} outbound_ip {{ \"{tap}\" }}"
-    );
     for c in &ch {
         let _ = writeln!(s, "flush chain {t} {c}\ndelete chain {t} {c}");
     }
@@ -701,5 +715,34 @@ mod tests {
             "{}\n{script}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Replacing a workspace (with another outbound IP) and removing it work on the
+    /// real table whatever it held before.
+    #[test]
+    fn replace_and_remove_for_real() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let a = Attachment {
+            index: 65002,
+            tap: "wt65002".into(),
+            ..att()
+        };
+        for ip in ["198.51.100.3", "198.51.100.4"] {
+            let c = NetworkPolicy {
+                outbound_ip: Some(ip.parse().unwrap()),
+                ..Default::default()
+            }
+            .compile()
+            .unwrap();
+            run_nft(&format!("{}{}", skeleton(None), workspace_script(&a, &c))).unwrap();
+        }
+        assert!(indices_in_table().contains(&65002));
+        run_nft(&format!("{}{}", skeleton(None), removal_script(65002))).unwrap();
+        run_nft(&format!("{}{}", skeleton(None), removal_script(65002))).unwrap();
+        assert!(!indices_in_table().contains(&65002));
     }
 }

@@ -651,7 +651,7 @@ impl Node {
         else {
             return Ok(None);
         };
-        let Some(lease) = self.pool.held(&id, rec.lease_index) else {
+        let Some(mut lease) = self.pool.held(&id, rec.lease_index) else {
             // Its address went to another workspace: it cannot be reached as it is.
             return Ok(None);
         };
@@ -664,6 +664,8 @@ impl Node {
         let vm = self.vmm.attach(&vm_spec, pid).await?;
         let (control, events) = ControlChannel::connect(&vm_spec.control_socket).await?;
         self.pool.claim(&lease.record)?;
+        // The lease is ours now: releasing it later must match the claimed owner.
+        lease.record.owner_pid = std::process::id();
         let net = self.attach_network(&id, &lease, &spec.network)?;
         write_owner(&dir, &id, Some(pid), lease.record.index)?;
         tracing::info!(workspace_id = %id, vmm_pid = pid, "adopted running workspace");

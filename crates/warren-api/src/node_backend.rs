@@ -178,6 +178,34 @@ async fn watch(ws: Arc<RunningWorkspace>, node: Arc<Node>, running: Running, eve
     }
 }
 
+/// Flush the guest's file systems through its agent before the VM is powered off.
+/// The power-off itself asks the guest to sync and shut down over the control
+/// channel, but when that does not happen within the grace period (a guest that
+/// ignores it, or a control channel that no longer reaches the agent after a server
+/// restart) the VM is killed, and whatever sat in its page cache would be lost.
+async fn flush_guest(ws: &RunningWorkspace) {
+    let req = warren_protocol::runtime::ExecRequest {
+        cmd: vec!["sync".into()],
+        timeout_seconds: Some(10),
+        ..Default::default()
+    };
+    let r = async {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?
+            .post(format!("{}/exec", ws.api_url()))
+            .bearer_auth(&ws.api_token)
+            .json(&req)
+            .send()
+            .await?
+            .error_for_status()
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not sync the guest before stopping it");
+    }
+}
+
 /// The image store's progress, as boot progress.
 struct ImageProgress<'a>(&'a dyn BootProgress);
 
@@ -272,7 +300,10 @@ impl WorkspaceBackend for NodeBackend {
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
         match self.take(id).await {
-            Some(ws) => self.node.stop(ws, grace).await.map_err(map_err),
+            Some(ws) => {
+                flush_guest(&ws).await;
+                self.node.stop(ws, grace).await.map_err(map_err)
+            }
             None => Ok(()),
         }
     }

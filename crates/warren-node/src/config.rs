@@ -18,9 +18,9 @@ pub struct NodeConfig {
     pub accel: AccelChoice,
     /// The statically linked guest agent that becomes /init.
     pub agent_binary: PathBuf,
-    /// Which guest kernel to boot: `auto` (our minimal kernel if it has been built by
-    /// scripts/build-kernel.sh, else Debian's), `minimal`, `debian`, or a path to a
-    /// vmlinux with every driver built in.
+    /// Which guest kernel to boot: `auto` (today Debian's), `debian`, `minimal` (ours,
+    /// built by scripts/build-kernel.sh; faster to boot, but it cannot end the VM by
+    /// itself), or a path to a vmlinux with every driver built in.
     pub kernel: String,
     /// A kernel given by path is PVM-capable (only then may a PVM /dev/kvm be used).
     pub kernel_pvm_capable: bool,

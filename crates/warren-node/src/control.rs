@@ -20,8 +20,14 @@ pub struct ControlChannel {
 
 impl ControlChannel {
     /// Connect to the VMM's socket; guest messages arrive on the returned receiver,
-    /// which closes when the VM goes away.
-    pub async fn connect(path: &Path) -> Result<(Self, mpsc::UnboundedReceiver<GuestMessage>)> {
+    /// which closes when the VM goes away. When the guest reports
+    /// [`GuestMessage::Halted`], the VMM (`vmm_pid`, started for `workspace_id`) is
+    /// told to exit: some guest kernels cannot end the VM themselves.
+    pub async fn connect(
+        path: &Path,
+        workspace_id: &str,
+        vmm_pid: Option<u32>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<GuestMessage>)> {
         let mut tries = 0;
         let stream = loop {
             match UnixStream::connect(path).await {
@@ -36,11 +42,15 @@ impl ControlChannel {
         };
         let (r, w) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
+        let id = workspace_id.to_string();
         tokio::spawn(async move {
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<GuestMessage>(&line) {
                     Ok(m) => {
+                        if m == GuestMessage::Halted {
+                            end_vmm(vmm_pid, &id);
+                        }
                         if tx.send(m).is_err() {
                             break;
                         }
@@ -62,5 +72,15 @@ impl ControlChannel {
         w.write_all(&encode(msg))
             .await
             .map_err(|e| NodeError::Boot(format!("control channel write failed: {e}")))
+    }
+}
+
+/// SIGTERM the VMM of a guest that has halted (QEMU exits cleanly on it), after
+/// checking the pid still names this workspace's VMM.
+fn end_vmm(pid: Option<u32>, workspace_id: &str) {
+    if let Some(pid) = pid.filter(|p| crate::reconcile::is_our_vmm(*p, workspace_id)) {
+        tracing::debug!(workspace_id, pid, "guest halted; ending its VMM");
+        // SAFETY: signalling the VMM process whose command line names this workspace.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
 }

@@ -445,7 +445,8 @@ impl Node {
         let mut killer = KillOnDrop(Some(&*vm));
 
         let t_boot = Instant::now();
-        let (control, mut events) = ControlChannel::connect(&vm_spec.control_socket).await?;
+        let (control, mut events) =
+            ControlChannel::connect(&vm_spec.control_socket, &id, vm.pid()).await?;
         let mut env: BTreeMap<String, String> = image.config.env.iter().cloned().collect();
         env.extend(spec.env.iter().cloned());
         let boot = BootConfig {
@@ -662,7 +663,8 @@ impl Node {
         let assets = self.guest_assets().await?.clone();
         let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease);
         let vm = self.vmm.attach(&vm_spec, pid).await?;
-        let (control, events) = ControlChannel::connect(&vm_spec.control_socket).await?;
+        let (control, events) =
+            ControlChannel::connect(&vm_spec.control_socket, &id, Some(pid)).await?;
         self.pool.claim(&lease.record)?;
         // The lease is ours now: releasing it later must match the claimed owner.
         lease.record.owner_pid = std::process::id();
@@ -729,7 +731,10 @@ fn prepare_guest(cfg: &NodeConfig) -> Result<GuestAssets> {
             }
             GuestKernel::custom("minimal", minimal)
         }
-        "auto" if minimal.is_file() => GuestKernel::custom("minimal", minimal),
+        // Debian's kernel is the default even where the minimal one is built: booted
+        // with acpi=off, the minimal kernel cannot power off or reboot (a guest
+        // `poweroff -f` or a panic would hang the VM instead of ending it). It stays
+        // selectable for its faster boot; see docs/architecture.md.
         "auto" => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
         path if path.starts_with('/') => {
             let p = PathBuf::from(path);

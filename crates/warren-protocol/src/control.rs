@@ -123,6 +123,10 @@ pub enum GuestMessage {
     },
     /// The guest is about to power off (asked by the host or by `poweroff` inside).
     ShuttingDown,
+    /// Every process is gone and the disks are flushed and read-only: the host may
+    /// end the VM now. Sent right before the guest asks its kernel to reboot, which
+    /// not every kernel can do without ACPI, so the host does not rely on it.
+    Halted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -69,9 +69,12 @@ pub async fn poweroff(control: &ControlTx, data: Option<&OwnedFd>, reason: &str)
     mounts::remount_readonly(data);
     nix::unistd::sync();
     tracing::info!("power off");
+    control
+        .send_and_wait(&GuestMessage::Halted, Duration::from_secs(1))
+        .await;
     // Reboot, not power off: the host runs QEMU with -no-reboot, so a reboot ends the
-    // VM whatever the kernel, while powering off needs ACPI, which a minimal guest
-    // kernel booted with acpi=off does not have (it would only halt).
+    // VM where the kernel can reboot; powering off needs ACPI, which the minimal guest
+    // kernel (acpi=off) lacks. Where neither works, the host ends the VM on `Halted`.
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     super::idle_forever()
 }

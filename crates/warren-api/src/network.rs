@@ -83,6 +83,11 @@ fn uint(nc: &Map<String, Value>, k: &str) -> ApiResult<Option<u64>> {
     }
 }
 
+/// Does a config patch change the network?
+pub fn touches(patch: &Map<String, Value>) -> bool {
+    patch.contains_key(KEY) || FOLDED.iter().any(|k| patch.contains_key(*k))
+}
+
 /// The policy a config asks for, checked (422 naming the field).
 pub fn policy_of(config: &Map<String, Value>) -> ApiResult<NetworkPolicy> {
     let empty = Map::new();

@@ -291,6 +291,27 @@ async fn network_endpoints_live_changes_and_restart() {
         fetch(&ra, &b_url).await.is_some_and(|b| b.contains("hi-b")),
         "B links A"
     );
+    // The same through PUT /workspace/:id (config merged): also at once.
+    let (st, e) = s
+        .call(
+            "PUT",
+            &format!("/workspace/{b_id}"),
+            Some(json!({"config": {"egress": [net.addr(2)]}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    assert!(
+        fetch(&rb, &outside).await.is_some(),
+        "an explicit egress entry is allowed"
+    );
+    let (st, n) = s.call("PATCH", &path, Some(json!({"egress": []}))).await;
+    assert_eq!(st, 200, "{n}");
+    assert_eq!(
+        n["private_links"][0]["ip"],
+        a_ip.as_str(),
+        "links kept: {n}"
+    );
+    assert!(fetch(&rb, &outside).await.is_none(), "back to no internet");
     for (body, status) in [
         (json!({"public_access": true}), 501),
         (

@@ -122,9 +122,24 @@ pub async fn update(
     let u = model::parse_update(&json_body(&body)?)?;
     let mut w = find(&st, &client.id, &id).await?;
     if let Some(patch) = &u.config {
-        let merged = model::merge_config(&w.config, patch);
+        let mut merged = model::merge_config(&w.config, patch);
+        let network_change = crate::network::touches(patch);
+        if network_change {
+            let mut obj = merged.as_object().cloned().unwrap_or_default();
+            crate::network::normalize(&serde_json::Map::new(), &mut obj)?;
+            merged = Value::Object(obj);
+        }
         let obj = merged.as_object().cloned().unwrap_or_default();
         let lc = model::check_config(&obj)?;
+        // Network keys take effect at once, as through PATCH /workspace/:id/network.
+        if network_change {
+            let nc = obj
+                .get(crate::network::KEY)
+                .and_then(|v| v.as_object())
+                .cloned()
+                .unwrap_or_default();
+            st.manager.set_network(&client.id, &w.id, nc).await?;
+        }
         // Lifecycle keys given in config take effect like the lifecycle endpoints.
         if patch.contains_key("ttl") {
             w.ttl_seconds = lc.ttl_seconds;

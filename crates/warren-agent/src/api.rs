@@ -45,6 +45,7 @@ pub const CAPABILITIES: &[&str] = &[
     "workloads",
     "watchers",
     "proxy",
+    "metrics",
 ];
 
 #[derive(Clone)]
@@ -210,6 +211,7 @@ pub fn router(state: AppState) -> Router {
         .route("/terminals/{id}/resize", post(term::api::resize))
         .route("/terminals/{id}/input", post(term::api::input))
         .route("/ws", get(ws::upgrade))
+        .route("/metrics", get(crate::metrics::handler))
         .route("/proxy", any(crate::proxy::handle))
         .route("/proxy/{*rest}", any(crate::proxy::handle))
         .route(

@@ -22,6 +22,7 @@ pub mod files;
 pub mod init;
 pub mod later;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod reaper;

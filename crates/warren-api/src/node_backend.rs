@@ -407,10 +407,33 @@ impl WorkspaceBackend for NodeBackend {
                 .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         };
+        // CPU ticks (user + system) of the VMM process: fields 14 and 15 of
+        // /proc/<pid>/stat, counted after the command name's closing parenthesis.
+        let cpu_ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|t| {
+                let rest = t.get(t.rfind(')')? + 2..)?.to_string();
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap_or(0))
+                    .collect();
+                Some(f.get(11)? + f.get(12)?)
+            });
+        // The tap's counters, from the host's side: what it receives the guest sent.
+        let tap = ws.tap().to_string();
+        let counter = |name: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{name}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         Some(serde_json::json!({
             "vmm_pid": pid,
             "rss_bytes": kb("VmRSS:").map(|k| k * 1024),
             "threads": status.lines().find_map(|l| l.strip_prefix("Threads:")).map(|v| v.trim().to_string()),
+            "cpu_ticks": cpu_ticks,
+            "tap": tap,
+            "net_rx_bytes": counter("tx_bytes"),
+            "net_tx_bytes": counter("rx_bytes"),
         }))
     }
 

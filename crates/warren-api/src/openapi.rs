@@ -90,7 +90,14 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "GET",
         "/workspace/{id}/stats",
         "metrics",
-        "One-shot stats",
+        "Stats: guest CPU %, memory used/total, disk and network bytes and rates, host VMM cost (two samples 0.5 s apart)",
+        200,
+    ),
+    (
+        "GET",
+        "/workspace/{id}/stats/stream",
+        "metrics",
+        "The same stats every second (SSE, event: stats)",
         200,
     ),
     (

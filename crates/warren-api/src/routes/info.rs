@@ -139,25 +139,6 @@ pub async fn config(
     })))
 }
 
-pub async fn stats(
-    State(st): State<AppState>,
-    Authed(c): Authed,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let w = find(&st, &c.id, &id).await?;
-    let vm = st.manager.backend.stats(&w.id);
-    Ok(Json(json!({
-        "success": true,
-        "status": w.observed_state.as_str(),
-        "cpus": w.cpus,
-        "memory_mb": w.memory_mb,
-        "disk_size_mb": w.disk_size_mb,
-        "memory_usage": vm.as_ref().and_then(|v| v.get("rss_bytes")).cloned(),
-        "vm": vm,
-        "timestamp": warren_state::now(),
-    })))
-}
-
 pub async fn metadata_get(
     State(st): State<AppState>,
     Authed(c): Authed,

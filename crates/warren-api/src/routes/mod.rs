@@ -5,6 +5,7 @@ mod info;
 mod lifecycle;
 mod network;
 mod power;
+mod stats;
 pub mod unimplemented;
 mod workloads;
 mod workspaces;
@@ -48,7 +49,8 @@ pub fn router(state: AppState) -> Router {
         .route("/workspace/{id}/details", get(info::details))
         .route("/workspace/{id}/info", get(info::info))
         .route("/workspace/{id}/config", get(info::config))
-        .route("/workspace/{id}/stats", get(info::stats))
+        .route("/workspace/{id}/stats", get(stats::stats))
+        .route("/workspace/{id}/stats/stream", get(stats::stream))
         .route("/workspace/{id}/start", post(power::start))
         .route("/workspace/{id}/stop", post(power::stop))
         .route("/workspace/{id}/restart", post(power::restart))

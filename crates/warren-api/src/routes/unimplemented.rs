@@ -227,12 +227,6 @@ pub const LATER: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "GET",
-        "/workspace/{id}/stats/stream",
-        "metrics streams",
-        "the metrics issue",
-    ),
-    (
-        "GET",
         "/workspace/{id}/logs/stream/boot",
         "log streams",
         "the metrics issue",

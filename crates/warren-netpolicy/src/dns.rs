@@ -378,7 +378,7 @@ mod tests {
         });
         let policy = crate::NetworkPolicy::default().compile().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let listen: Ipv4Addr = "127.0.0.53".parse().unwrap();
+        let listen: Ipv4Addr = "127.83.0.53".parse().unwrap();
         let policy_handle = Arc::new(RwLock::new(policy));
         let _r = Resolver::spawn(ResolverSpec {
             workspace_id: "ws_test".into(),

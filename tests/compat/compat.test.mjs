@@ -131,7 +131,12 @@ test('create waits until ready; list, get and update see it', async () => {
     ...small,
     name: 'compat',
     idempotency_key: key,
-    config: { env: ['GREETING=hello'], cmd: 'echo started-by-cmd $GREETING' },
+    config: {
+      env: ['GREETING=hello'],
+      cmd: 'echo started-by-cmd $GREETING',
+      // Started by the agent at boot (see the workloads test).
+      workloads: [{ name: 'ticker', cmd: ['sh', '-c', 'while true; do echo tick; sleep 1; done'], restart_policy: 'always' }],
+    },
   });
   assert.match(ws.id, /^ws_/);
   assert.equal(ws.ready, true);
@@ -228,6 +233,234 @@ test('the runtime WebSocket connects through the gateway', async () => {
   });
   bad.close();
   assert.equal(outcome, 'error');
+});
+
+test('exec extras through the gateway: input, subscribe to a running task, list, kill', async () => {
+  const script = 'echo ready; while read l; do echo "got $l"; done; echo eof; exit 4';
+  const owner = rt.exec.stream(['sh', '-c', script]);
+  let taskId;
+  // Read the owner's stream until `want` shows up.
+  const until = async (it, want, acc) => {
+    while (!acc.text.includes(want)) {
+      const { value, done } = await it.next();
+      assert.ok(!done, `stream ended before ${want}: ${acc.text}`);
+      if (value.event === 'task_id') taskId = value.task_id;
+      if (value.event === 'stdout') acc.text += Buffer.from(value.data, 'base64').toString();
+      if (value.event === 'exit') acc.exit = value;
+    }
+  };
+  const mine = { text: '' };
+  await until(owner, 'ready\n', mine);
+  assert.ok(taskId);
+  const running = (await rt.exec.list()).find((t) => t.id === taskId);
+  assert.equal(running.status, 'running');
+
+  // A second client attaches to the running task: replay, then live.
+  const late = rt.exec.subscribe(taskId);
+  const theirs = { text: '' };
+  await until(late, 'ready\n', theirs);
+  const r = await rt.exec.input(taskId, 'hello\n');
+  assert.equal(r.success, true);
+  await until(owner, 'got hello\n', mine);
+  await until(late, 'got hello\n', theirs);
+  await rt.exec.input(taskId, '');
+  await until(owner, 'eof\n', mine);
+  await until(late, 'eof\n', theirs);
+  for await (const ev of owner) if (ev.event === 'exit') mine.exit = ev;
+  for await (const ev of late) if (ev.event === 'exit') theirs.exit = ev;
+  assert.equal(mine.text, 'ready\ngot hello\neof\n');
+  assert.equal(theirs.text, mine.text);
+  assert.equal(mine.exit.exit_code, 4);
+  assert.equal(theirs.exit.exit_code, 4);
+  await assert.rejects(rt.exec.input(taskId, 'late\n'), (e) => e instanceof ConflictError);
+
+  // Kill a running task.
+  const sleeper = rt.exec.stream(['sleep', '60']);
+  const first = (await sleeper.next()).value;
+  assert.equal(first.event, 'task_id');
+  await rt.exec.kill(first.task_id);
+  let exit;
+  for await (const ev of sleeper) if (ev.event === 'exit') exit = ev;
+  assert.equal(exit.exit_code, 137);
+});
+
+test('a terminal session survives a reconnect and replays its scrollback', async () => {
+  globalThis.WebSocket ??= (await import('ws')).WebSocket;
+  const term = await rt.terminal.create({ shell: '/bin/sh', cols: 100, rows: 30 });
+  assert.equal(term.cols, 100);
+  const tid = term.id;
+
+  // Connect, type, collect the output; the client reconnects by itself otherwise.
+  const session = () => {
+    const ws = rt.ws({ reconnect: false });
+    const state = { out: '', exit: null, ws };
+    ws.onTerminalOutput((id, data) => {
+      if (id === String(tid)) state.out += Buffer.from(data).toString();
+    });
+    ws.onTerminalExit((id, code) => {
+      if (String(id) === String(tid)) state.exit = code;
+    });
+    state.opened = new Promise((resolve) => ws.onOpen(resolve));
+    ws.connect();
+    return state;
+  };
+  const waitFor = async (cond, what) => {
+    for (let i = 0; i < 100 && !cond(); i++) await sleep(100);
+    assert.ok(cond(), `timed out waiting for ${what}`);
+  };
+
+  const a = session();
+  await a.opened;
+  a.ws.writeTerminalInput(tid, 'echo mark-$((40+2))\n');
+  await waitFor(() => a.out.includes('mark-42'), 'the first output');
+  a.ws.close();
+
+  const b = session();
+  await b.opened;
+  // The scrollback comes first: what was printed before this connection existed.
+  await waitFor(() => b.out.includes('mark-42'), 'the replayed scrollback');
+  b.ws.resizeTerminal(tid, 120, 40);
+  b.ws.writeTerminalInput(tid, 'stty size\n');
+  await waitFor(() => b.out.includes('40 120'), 'the new size');
+
+  const sb = await rt.terminal.scrollback(tid);
+  assert.ok(Buffer.from(sb.scrollback, 'base64').toString().includes('mark-42'));
+  assert.equal(sb.alive, true);
+  assert.ok((await rt.terminal.list()).some((t) => String(t.id) === String(tid)));
+
+  b.ws.writeTerminalInput(tid, 'exit 3\n');
+  await waitFor(() => b.exit !== null, 'the exit message');
+  assert.equal(b.exit, 3);
+  b.ws.close();
+  await rt.terminal.close(tid);
+  assert.ok(!(await rt.terminal.list()).some((t) => String(t.id) === String(tid)));
+});
+
+test('workloads: declared at create, a crashing one restarts until max_restarts, logs stream', async () => {
+  const wl = client.workspaces.workloads;
+  // The one from config.workloads runs since boot.
+  const ticker = await wl.get(id, 'ticker');
+  assert.equal(ticker.status, 'running');
+  assert.equal(ticker.restart_policy, 'always');
+
+  const w = await wl.create(id, {
+    name: 'crashy',
+    cmd: ['sh', '-c', 'echo run; echo oops >&2; exit 3'],
+    restart_policy: 'on-failure',
+    max_restarts: 2,
+    restart_delay: 0.2,
+  });
+  assert.equal(w.name, 'crashy');
+  const lines = [];
+  for await (const ev of wl.logsStream(id, w.id)) {
+    lines.push(ev);
+    if (ev.stream === 'system' && ev.data.includes('max_restarts')) break;
+  }
+  assert.equal(lines.filter((l) => l.stream === 'stdout' && l.data === 'run').length, 3);
+  assert.equal(lines.filter((l) => l.stream === 'stderr' && l.data === 'oops').length, 3);
+  const st = await wl.status(id, w.id);
+  assert.equal(st.status, 'failed');
+  assert.equal(st.restarts, 2);
+  assert.equal(st.exit_code, 3);
+  const logs = await wl.logs(id, w.id);
+  assert.ok(logs.logs.some((l) => l.data === 'oops'));
+
+  // Bad input: clear errors, nothing changes.
+  await assert.rejects(wl.create(id, { name: 'crashy', cmd: ['true'] }), (e) => e instanceof ConflictError);
+  await assert.rejects(
+    wl.create(id, { name: 'x', cmd: ['true'], restart_policy: 'sometimes' }),
+    (e) => e instanceof ValidationError && /restart_policy/.test(e.message),
+  );
+  await assert.rejects(wl.get(id, 'nope'), (e) => e instanceof NotFoundError);
+  await assert.rejects(
+    client.workspaces.create({ ...small, config: { workloads: [{ name: 'no-cmd' }] } }),
+    (e) => e instanceof ValidationError && e.details.field === 'config.workloads[0].cmd',
+  );
+  assert.deepEqual((await wl.list(id)).map((x) => x.name).sort(), ['crashy', 'ticker']);
+
+  const stopped = await wl.stop(id, 'ticker');
+  assert.equal(stopped.status, 'stopped');
+  await wl.start(id, 'ticker');
+  await wl.delete(id, w.id);
+  assert.deepEqual((await wl.list(id)).map((x) => x.name), ['ticker']);
+});
+
+test('a watcher sees a file created by exec', async () => {
+  globalThis.WebSocket ??= (await import('ws')).WebSocket;
+  await rt.exec.run(['mkdir', '-p', '/root/watched']);
+  const events = [];
+  const ws = rt.ws({ reconnect: false });
+  ws.onWatcherEvent((ev) => events.push(ev));
+  await new Promise((resolve) => {
+    ws.onOpen(resolve);
+    ws.connect();
+  });
+  const w = await rt.watcher.create({ path: '/root/watched' });
+  assert.equal(w.root, '/root/watched');
+  const waitFor = async (cond, what) => {
+    for (let i = 0; i < 100 && !cond(); i++) await sleep(100);
+    assert.ok(cond(), `timed out waiting for ${what}: ${JSON.stringify(events)}`);
+  };
+  await waitFor(() => events.some((e) => e.type === 'ready' && e.watcher_id === w.id), 'ready');
+  await rt.exec.run(['sh', '-c', 'echo hi > /root/watched/new.txt']);
+  await waitFor(
+    () => events.some((e) => e.type === 'change' && e.path === '/root/watched/new.txt' && e.op === 'create'),
+    'the create event',
+  );
+  assert.ok((await rt.watcher.list()).some((x) => x.id === w.id));
+  await rt.watcher.delete(w.id);
+  ws.close();
+});
+
+test('proxy reaches an HTTP server inside the VM, without our token', async () => {
+  await rt.files.write({ fullPath: '/root/www/index.html', content: 'hello-from-vm\n', createDirs: true });
+  await rt.files.write({ fullPath: '/root/www/cgi-bin/env', content: '#!/bin/sh\necho "Content-Type: text/plain"\necho\nenv\n', mode: '0755', createDirs: true });
+  // busybox httpd, supervised as a workload.
+  await client.workspaces.workloads.create(id, {
+    name: 'web',
+    cmd: ['httpd', '-f', '-p', '127.0.0.1:8080', '-h', '/root/www'],
+    restart_policy: 'on-failure',
+  });
+  let res;
+  for (let i = 0; i < 50; i++) {
+    res = await rt.proxy(8080).fetch('/index.html');
+    if (res.status === 200) break;
+    await res.text();
+    await sleep(100);
+  }
+  assert.equal(res.status, 200);
+  assert.equal(await res.text(), 'hello-from-vm\n');
+  // The app sees neither the gateway token nor the agent's.
+  const env = await (await rt.proxy(8080).fetch('/cgi-bin/env?a=1')).text();
+  assert.match(env, /QUERY_STRING=a=1/);
+  assert.doesNotMatch(env, /HTTP_AUTHORIZATION|Bearer/);
+  await client.workspaces.workloads.delete(id, 'web');
+});
+
+test('stats: one-shot, and a 1 s stream whose CPU rises under a busy loop', async () => {
+  const one = await client.workspaces.metrics.stats(id);
+  assert.equal(one.success, true);
+  assert.ok(one.memory_total_bytes > 100 * 1024 * 1024, JSON.stringify(one));
+  assert.ok(one.memory_used_bytes > 0);
+  assert.equal(typeof one.disk.read_bytes, 'number');
+  assert.equal(typeof one.network.rx, 'number');
+
+  const events = [];
+  let busy;
+  for await (const ev of client.workspaces.metrics.statsStream(id)) {
+    events.push({ ...ev, at: Date.now() });
+    // Quiet for two events, then a busy loop for the rest.
+    if (events.length === 2) busy = rt.exec.run(['sh', '-c', 'end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do :; done'], { timeoutSeconds: 10 });
+    if (events.length === 5) break;
+  }
+  for (let i = 1; i < events.length; i++) {
+    const gap = events[i].at - events[i - 1].at;
+    assert.ok(gap > 500 && gap < 2500, `events ${gap} ms apart`);
+  }
+  const quiet = events[0].cpu_usage;
+  const loaded = Math.max(...events.slice(3).map((e) => e.cpu_usage));
+  assert.ok(loaded > quiet + 30 && loaded > 50, `cpu ${events.map((e) => e.cpu_usage)}`);
+  await busy;
 });
 
 test('the raw token works directly against the agent', async () => {

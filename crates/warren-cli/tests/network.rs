@@ -20,6 +20,17 @@ use warren_node::{Node, NodeConfig, RunningWorkspace, WorkspaceSpec};
 use warren_protocol::runtime::{ExecMode, ExecRequest};
 use warren_sdk::RuntimeClient;
 
+/// On a failed test, release the leases this process holds (its VMs die with it).
+struct ReleaseOnPanic;
+
+impl Drop for ReleaseOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            internet::release_leases_of(&[std::process::id()]);
+        }
+    }
+}
+
 fn sh(cmd: &str) -> ExecRequest {
     ExecRequest {
         cmd: vec![cmd.into()],
@@ -116,6 +127,8 @@ async fn policies_hold_on_real_vms() {
         .with_test_writer()
         .try_init();
     let net = Internet::new("a", "198.51.100");
+    // The workspaces are persistent (to be adopted): a failed run releases their leases.
+    let _cleanup = ReleaseOnPanic;
     let outside = format!("http://{}:8080/", net.addr(2));
     let data = tempfile::tempdir().unwrap();
     let node = node_with_upstream(data.path(), &net);

@@ -137,15 +137,17 @@ impl Drop for Server {
     }
 }
 
-/// On a failed test, kill the VMs under `data` (they outlive the server); their leases
-/// and rules go with the next reconcile.
-struct KillVmsOnPanic(std::path::PathBuf);
+/// On a failed test, kill the VMs under `data` (they outlive the server) and release
+/// the leases the servers held (no later server knows them once `data` is gone).
+struct KillVmsOnPanic(std::path::PathBuf, Arc<Mutex<Vec<u32>>>);
 
 impl Drop for KillVmsOnPanic {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
+        let servers = self.1.lock().map(|v| v.clone()).unwrap_or_default();
+        internet::release_leases_of(&servers);
         let marker = self.0.join("workspaces").display().to_string();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
@@ -195,8 +197,10 @@ async fn network_endpoints_live_changes_and_restart() {
     let net = Internet::new("s", "203.0.113");
     let outside = format!("http://{}:8080/", net.addr(2));
     let data = tempfile::tempdir().unwrap();
-    let _cleanup = KillVmsOnPanic(data.path().to_path_buf());
+    let servers = Arc::new(Mutex::new(Vec::new()));
+    let _cleanup = KillVmsOnPanic(data.path().to_path_buf(), servers.clone());
     let s = Server::start(data.path(), &format!("{}:53", net.addr(2)));
+    servers.lock().unwrap().push(s.child.id());
 
     // Bad input: a 422 naming the field, and nothing is created.
     for (cfg, field) in [
@@ -376,6 +380,7 @@ async fn network_endpoints_live_changes_and_restart() {
     assert!(warren_netpolicy::nft::indices_in_table().contains(&stale));
 
     let s = Server::start(data.path(), &format!("{}:53", net.addr(2)));
+    servers.lock().unwrap().push(s.child.id());
     let t0 = Instant::now();
     while !warren_netpolicy::nft::indices_in_table().contains(&a_idx) {
         assert!(

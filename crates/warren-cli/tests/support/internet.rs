@@ -201,3 +201,32 @@ impl Drop for Internet {
             .output();
     }
 }
+
+/// Release the host-wide leases (taps, firewall rules and records) owned by `pids`:
+/// what a failed test leaves behind when its workspaces were persistent.
+pub fn release_leases_of(pids: &[u32]) {
+    let dir = std::path::Path::new("/run/warren/net/leases");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let v: serde_json::Value = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let owned = v["owner_pid"]
+            .as_u64()
+            .is_some_and(|p| pids.contains(&(p as u32)));
+        let Some(index) = v["index"].as_u64().filter(|_| owned) else {
+            continue;
+        };
+        let index = index as u32;
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("wt{index}")])
+            .output();
+        let _ = warren_netpolicy::nft::run_nft(&format!(
+            "{}{}",
+            warren_netpolicy::nft::skeleton(None),
+            warren_netpolicy::nft::removal_script(index)
+        ));
+        let _ = std::fs::remove_file(format!("/run/warren/net/policy/{index}.json"));
+        let _ = std::fs::remove_file(e.path());
+    }
+}

@@ -46,6 +46,7 @@ pub const CAPABILITIES: &[&str] = &[
     "watchers",
     "proxy",
     "metrics",
+    "transfer",
 ];
 
 #[derive(Clone)]
@@ -259,7 +260,12 @@ pub fn router(state: AppState) -> Router {
         .route("/files/mkdir", post(files::mkdir))
         .route("/files/delete", post(files::delete).delete(files::delete))
         .route("/files/download", get(files::download))
-        .route("/files/upload", put(files::upload).post(files::upload));
+        .route("/files/upload", put(files::upload).post(files::upload))
+        .route("/files/transfer/download", post(crate::transfer::download))
+        .route(
+            "/files/transfer/upload",
+            post(crate::transfer::upload).put(crate::transfer::upload),
+        );
     crate::later::add(r)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -11,8 +11,6 @@ pub const LATER: &[(&str, &str)] = &[
     ("/files/search", "content search"),
     ("/files/search/files", "file-name search"),
     ("/files/search/init", "content search"),
-    ("/files/transfer/download", "tar.gz transfer"),
-    ("/files/transfer/upload", "tar.gz transfer"),
 ];
 
 /// Add every later endpoint to `r`.

@@ -31,6 +31,7 @@ pub mod stdio;
 pub mod tasks;
 pub mod term;
 pub mod time;
+pub mod transfer;
 pub mod watchers;
 pub mod workloads;
 pub mod workspace;

@@ -198,7 +198,7 @@ async fn a_new_connection_replaces_the_old_one_and_bad_input_is_refused() {
     assert_eq!(list["terminals"], json!([]));
 
     // What is not built yet says so.
-    for path in ["/files/search?q=x", "/files/transfer/download"] {
+    for path in ["/files/search?q=x", "/files/search/files?q=x"] {
         let (s, v) = a.get(path).await;
         assert_error(s, &v, 501, "not_implemented");
     }

@@ -276,6 +276,39 @@ async fn policies_hold_on_real_vms() {
     assert!(reaches(&a, &b).await, "A still reaches B");
     assert!(!reaches(&c, &a).await, "C still reaches only its names");
 
+    // Air-gapping cuts a download already under way (a slow one: 100 KB/s).
+    node.set_network(
+        &b,
+        &policy(|p| {
+            p.ingress = vec![a_ip.clone(), c_ip.clone()];
+            p.ingress_kbps = Some(800);
+        }),
+    )
+    .unwrap();
+    let big = format!("http://{}:8080/big", net.addr(2));
+    let (code, _) = run(
+        &b,
+        &format!("wget -q -O /tmp/big {big} </dev/null >/dev/null 2>&1 &"),
+    )
+    .await;
+    assert_eq!(code, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let size = |ws: &RunningWorkspace| {
+        let ws_url = ws.api_url();
+        let token = ws.api_token.clone();
+        async move {
+            let rt = RuntimeClient::new(&ws_url, &token).unwrap();
+            let r = rt.exec(&sh("wc -c < /tmp/big")).await.unwrap();
+            r.stdout
+                .unwrap_or_default()
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        }
+    };
+    let before = size(&b).await;
+    assert!(before > 0, "the download started");
+
     // Air-gapped: reaches nothing, nothing reaches it, no DNS; the host still execs.
     node.set_network(
         &b,
@@ -288,6 +321,14 @@ async fn policies_hold_on_real_vms() {
     assert!(
         !reaches(&a, &b).await,
         "nothing reaches an air-gapped workspace"
+    );
+    let cut = size(&b).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = size(&b).await;
+    println!("air-gap: download at {before} bytes before, {cut} then {later} after");
+    assert!(
+        later == cut && later < 2 << 20,
+        "the open download stopped: {cut} -> {later}"
     );
     assert!(!net.connects_to(b_http), "not from outside either");
     assert!(

@@ -463,6 +463,22 @@ test('stats: one-shot, and a 1 s stream whose CPU rises under a busy loop', asyn
   await busy;
 });
 
+test('transfer: a tar.gz download uploads back into another directory', async () => {
+  const { gunzipSync } = await import('node:zlib');
+  const progress = [];
+  const res = await rt.transfer.download({ paths: ['/root/notes'], onProgress: (p) => progress.push(p.loadedBytes) });
+  const gz = Buffer.from(await res.arrayBuffer());
+  assert.ok(progress.length > 0 && progress.at(-1) === gz.length);
+  const tar = gunzipSync(gz);
+  assert.ok(tar.includes(Buffer.from('root/notes/keep.txt')));
+  assert.ok(tar.includes(Buffer.from('kept across stop')));
+  const up = await rt.transfer.upload({ body: gz, dest: '/root/restored' });
+  assert.equal(up.success, true);
+  assert.equal(up.files_extracted, 1);
+  const f = await rt.files.read({ filePath: '/root/restored/root/notes/keep.txt' });
+  assert.equal(f.content, 'kept across stop\n');
+});
+
 test('the raw token works directly against the agent', async () => {
   const raw = await client.workspaces.apiAccess.rawToken(id);
   assert.equal(raw.port, 9990);

@@ -396,9 +396,12 @@ async fn policies_hold_on_real_vms() {
     let allowed = |t: f64| limit_bps * (t + 1.0) + burst;
     assert!(
         bytes <= allowed(limited),
-        "download over the limit: {limited:.2}s"
+        "download over the limit: {limited:.2}s ({down_rate:.0} B/s)"
     );
-    assert!(bytes <= allowed(up), "upload over the limit: {up:.2}s");
+    assert!(
+        bytes <= allowed(up),
+        "upload over the limit: {up:.2}s ({up_rate:.0} B/s)"
+    );
     assert!(free_rate > down_rate, "the limit is what slowed it");
 
     // Destroy: every rule of the three goes with them.

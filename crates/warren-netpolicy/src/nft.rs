@@ -241,8 +241,9 @@ pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
         r(&mut s, &inn, &limit(k));
     }
     r(&mut s, &inn, "meta nfproto ipv6 drop");
-    r(&mut s, &inn, "ct state established,related return");
+    // Air-gapped: not even replies (its own connections are cut, nothing is forwarded).
     if !c.air_gapped {
+        r(&mut s, &inn, "ct state established,related return");
         admit_sources(&mut s, &inn, &src, &c.ingress_ports);
     }
     refuse(&mut s, &inn);
@@ -541,12 +542,14 @@ impl Firewall {
         run_nft(&pin_script(index, answers))
     }
 
-    /// Rebuild the table in one transaction: the shared part, every recorded policy
-    /// `live` accepts, and the removal of everything else (records `live` rejects and
-    /// objects in the table with no record). Pinned DNS answers of live workspaces
-    /// are kept. Returns the indices removed.
+    /// Rebuild the table in one transaction: the shared part, the recorded policies
+    /// `live` accepts whose rules are missing from the table, and the removal of
+    /// everything else (records `live` rejects and objects in the table with no
+    /// record). Rules of live workspaces that are in place are left alone, so their
+    /// pinned DNS answers and bandwidth buckets carry on. Returns the indices removed.
     pub fn reconcile(&self, live: &dyn Fn(&Record) -> bool) -> Result<Vec<u32>> {
         let _lock = self.lock()?;
+        let present = indices_in_table();
         let mut script = skeleton(self.uplink.as_deref());
         let mut keep = BTreeSet::new();
         let mut remove = BTreeSet::new();
@@ -554,7 +557,9 @@ impl Firewall {
             let i = r.attachment.index;
             match r.policy.compile() {
                 Ok(c) if live(&r) => {
-                    script.push_str(&workspace_script(&r.attachment, &c));
+                    if !present.contains(&i) {
+                        script.push_str(&workspace_script(&r.attachment, &c));
+                    }
                     keep.insert(i);
                 }
                 _ => {
@@ -562,7 +567,7 @@ impl Firewall {
                 }
             }
         }
-        for i in indices_in_table() {
+        for i in present {
             if !keep.contains(&i) {
                 remove.insert(i);
             }
@@ -635,8 +640,10 @@ mod tests {
         .compile()
         .unwrap();
         let s = workspace_script(&att(), &c);
-        let out: Vec<&str> = s.lines().filter(|l| l.contains("w3_out ")).collect();
-        assert!(out.iter().all(|l| !l.ends_with("return")), "{out:?}");
+        for chain in ["w3_out ", "w3_in "] {
+            let rules: Vec<&str> = s.lines().filter(|l| l.contains(chain)).collect();
+            assert!(rules.iter().all(|l| !l.ends_with("return")), "{rules:?}");
+        }
         assert!(!s.contains("dport 53"));
         assert!(!s.contains("@w3_src return"));
     }

@@ -871,3 +871,54 @@ fn checked_in_openapi_document_is_current() {
         "docs/openapi.json is stale: regenerate it with `WARREN_BLESS=1 cargo test -p warren-api --test api checked_in_openapi_document_is_current`"
     );
 }
+
+#[tokio::test]
+async fn workloads_and_stats_need_a_running_workspace_and_valid_boot_workloads() {
+    let api = Api::start(|_| {}).await;
+    // config.workloads is checked before anything is stored.
+    let (s, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"config": {"workloads": [{"name": "w", "cmd": ["x"], "restart_policy": "sometimes"}]}})),
+        )
+        .await;
+    assert_error(s, &b, 422, "validation_error");
+    assert_eq!(b["details"]["field"], "config.workloads[0].restart_policy");
+    assert_eq!(api.total().await, 0);
+
+    let (s, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"config": {"workloads": [{"name": "w", "cmd": ["sleep", "9"]}]}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    api.wait_for(&id, |w| w["ready"] == true).await;
+    let (s, _) = api
+        .call("POST", &format!("/workspace/{id}/stop"), None)
+        .await;
+    assert_eq!(s, 200);
+    // Workloads live in the VM: a stopped workspace has none to show.
+    for (m, p) in [
+        ("GET", format!("/workspace/{id}/workloads")),
+        ("POST", format!("/workspace/{id}/workloads")),
+        ("GET", format!("/workspace/{id}/workloads/w/logs/stream")),
+        ("POST", format!("/workspace/{id}/workloads/w/stop")),
+        ("GET", format!("/workspace/{id}/stats/stream")),
+    ] {
+        let (s, b) = api.call(m, &p, None).await;
+        assert_error(s, &b, 409, "workspace_not_running");
+    }
+    let (s, b) = api.call("GET", "/workspace/ws_nope/workloads", None).await;
+    assert_error(s, &b, 404, "not_found");
+    // The one-shot stats of a stopped workspace still answer (no guest figures).
+    let (s, b) = api
+        .call("GET", &format!("/workspace/{id}/stats"), None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["status"], "stopped");
+    assert_eq!(b["guest_available"], false);
+}

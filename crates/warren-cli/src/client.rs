@@ -384,6 +384,8 @@ pub async fn exec(conn: &Conn, a: ExecArgs) -> anyhow::Result<i32> {
     let req = ExecRequest {
         cmd: a.cmd,
         exec_mode: Some(ExecMode::Auto),
+        // An empty stdin, so commands that read it see EOF instead of waiting.
+        stdin: Some(String::new()),
         ..ExecRequest::default()
     };
     let exit = rt

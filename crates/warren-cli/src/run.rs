@@ -82,6 +82,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         exec_mode: Some(ExecMode::Auto),
         timeout_seconds: args.timeout,
         cwd: args.cwd.clone(),
+        // Streamed tasks keep stdin open for later input unless given one; a
+        // one-shot command gets an empty stdin, so `cat` and friends see EOF.
+        stdin: Some(String::new()),
         ..ExecRequest::default()
     };
     let result = tokio::select! {

@@ -99,6 +99,23 @@ fn ten_megabytes_of_output_arrive_intact() {
 }
 
 #[test]
+fn stdin_is_empty_so_readers_end() {
+    let data = tempfile::tempdir().unwrap();
+    let out = run(
+        data.path(),
+        "busybox",
+        &["--timeout", "60"],
+        &["sh", "-c", "cat; echo done"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+}
+
+#[test]
 fn a_command_that_does_not_exist_is_127() {
     let data = tempfile::tempdir().unwrap();
     let out = run(data.path(), "busybox", &[], &["/no/such/program"]);

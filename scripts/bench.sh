@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh >/dev/null
 bindir=$(scripts/build.sh --release)
 cargo build -q --release -p warren-bench
-export WARREN_AGENT="$bindir/warren-agent"
+export WARREN_AGENT="$PWD/target/x86_64-unknown-linux-gnu/agent/warren-agent"
 exec target/release/warren-bench "$@"

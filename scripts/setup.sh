@@ -9,7 +9,7 @@ scripts/install-deps.sh
 command -v cargo >/dev/null || { echo "Rust is needed: install it with rustup (https://rustup.rs)"; exit 1; }
 bindir=$(scripts/build.sh --release)
 install -D -m 0755 "$bindir/warren" /usr/local/bin/warren
-install -D -m 0755 "$bindir/warren-agent" /usr/local/lib/warren/warren-agent
+install -D -m 0755 target/x86_64-unknown-linux-gnu/agent/warren-agent /usr/local/lib/warren/warren-agent
 echo "installed /usr/local/bin/warren and /usr/local/lib/warren/warren-agent"
 
 scripts/build-kernel.sh   # the minimal guest kernel (the faster default); cached

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 bindir=$(scripts/build.sh)
-export WARREN_AGENT="$bindir/warren-agent"
+export WARREN_AGENT="$PWD/target/x86_64-unknown-linux-gnu/agent/warren-agent"
 export WARREN_CACHE_DIR="${WARREN_CACHE_DIR:-/var/cache/warren}"
 
 cargo fmt --all --check

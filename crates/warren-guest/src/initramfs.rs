@@ -63,6 +63,9 @@ pub fn build_initramfs(
 
     let agent_bytes =
         std::fs::read(agent).map_err(io_err(format!("read agent {}", agent.display())))?;
+    if !is_static_elf(&agent_bytes) {
+        return Err(GuestError::AgentNotStatic(agent.to_path_buf()));
+    }
     let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err("create temp initramfs"))?;
     let mut w = BufWriter::new(tmp.as_file());
     let mut ino = 1u32;
@@ -137,6 +140,34 @@ fn entry<W: Write>(
     writer.finish().map_err(io_err(format!("finish {name}")))
 }
 
+/// A 64-bit little-endian ELF executable with no program interpreter (PT_INTERP),
+/// i.e. one the kernel can run with nothing else in the initramfs.
+pub fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8).map(|s| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(s);
+            u64::from_le_bytes(a)
+        })
+    };
+    if b.get(..4) != Some(b"\x7fELF") || b.get(4) != Some(&2) || b.get(5) != Some(&1) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize).all(|i| {
+        let off = phoff as usize + i * phentsize as usize;
+        u32_at(off).is_some_and(|p_type| p_type != 3)
+    })
+}
+
 fn file_identity(p: &Path) -> Result<String, GuestError> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).map_err(io_err(format!("stat {}", p.display())))?;
@@ -191,7 +222,7 @@ mod tests {
     fn archive_holds_init_modules_and_list() {
         let tmp = tempfile::tempdir().expect("tmp");
         let agent = tmp.path().join("agent");
-        std::fs::write(&agent, b"\x7fELF fake agent").expect("write");
+        std::fs::write(&agent, fake_static_elf()).expect("write");
         let m = tmp.path().join("virtio.ko");
         std::fs::write(&m, b"module bytes").expect("write");
         let k = GuestKernel {
@@ -221,7 +252,7 @@ mod tests {
             f = r.finish().expect("finish");
         }
         assert!(names.contains(&"init".to_string()));
-        assert_eq!(contents["init"], b"\x7fELF fake agent");
+        assert_eq!(contents["init"], fake_static_elf());
         assert_eq!(
             String::from_utf8_lossy(&contents["etc/warren/modules"]),
             "/lib/modules/6.1.0-test/kernel/virtio.ko\n"
@@ -233,6 +264,31 @@ mod tests {
                 .position(|n| n == "lib/modules/6.1.0-test/kernel")
                 < names.iter().position(|n| n.ends_with("virtio.ko"))
         );
+    }
+
+    /// An ELF header with one PT_LOAD program header.
+    fn fake_static_elf() -> Vec<u8> {
+        let mut b = vec![0u8; 64 + 56];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        b[64..68].copy_from_slice(&1u32.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        assert!(is_static_elf(&fake_static_elf()));
+        let mut dynamic = fake_static_elf();
+        dynamic[64..68].copy_from_slice(&3u32.to_le_bytes());
+        assert!(!is_static_elf(&dynamic));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+        // This test binary itself is dynamically linked.
+        let me = std::fs::read(std::env::current_exe().expect("exe")).expect("read");
+        assert!(!is_static_elf(&me));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum GuestError {
     CorruptPayload { path: PathBuf, reason: String },
     #[error("guest agent binary not found at {0}: build it with `scripts/build-agent.sh` (a statically linked warren-agent) or set WARREN_AGENT")]
     AgentMissing(PathBuf),
+    #[error("the guest agent {0} is not a statically linked executable (it would fail as the VM's /init): use the one scripts/build.sh builds, target/x86_64-unknown-linux-gnu/agent/warren-agent")]
+    AgentNotStatic(PathBuf),
     #[error("kernel module {module} missing from {dir}")]
     ModuleMissing { module: String, dir: PathBuf },
     #[error("{context}: {source}")]

@@ -68,19 +68,11 @@ impl Default for NodeConfig {
     }
 }
 
-/// `$WARREN_AGENT`, else `warren-agent` beside the running executable (where the
-/// set-up script installs it), else /usr/local/lib/warren/warren-agent.
+/// `$WARREN_AGENT`, else /usr/local/lib/warren/warren-agent (where scripts/setup.sh
+/// installs it). Not "beside the executable": in a cargo target directory that is the
+/// dynamically linked debug build, which cannot be a VM's /init.
 pub fn default_agent_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("WARREN_AGENT") {
-        return p.into();
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let p = dir.join("warren-agent");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    "/usr/local/lib/warren/warren-agent".into()
+    std::env::var_os("WARREN_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/local/lib/warren/warren-agent".into())
 }

@@ -194,7 +194,9 @@ fn firewall_index(id: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_endpoints_live_changes_and_restart() {
-    let net = Internet::new("s", "203.0.113");
+    // Not 203.0.113.0/24: package mirrors can live there (this sandbox's does), and a
+    // connected route to it would cut apt off for the rest of the suite.
+    let net = Internet::new("s", "192.0.2");
     let outside = format!("http://{}:8080/", net.addr(2));
     let data = tempfile::tempdir().unwrap();
     let servers = Arc::new(Mutex::new(Vec::new()));
@@ -332,7 +334,7 @@ async fn network_endpoints_live_changes_and_restart() {
         .call(
             "POST",
             &format!("/workspace/{a_id}/network/ip"),
-            Some(json!({"ip": "192.0.2.200"})),
+            Some(json!({"ip": "198.51.100.200"})),
         )
         .await;
     assert_eq!(st, 422, "{e}");

@@ -194,9 +194,10 @@ fn firewall_index(id: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_endpoints_live_changes_and_restart() {
-    // Not 203.0.113.0/24: package mirrors can live there (this sandbox's does), and a
-    // connected route to it would cut apt off for the rest of the suite.
-    let net = Internet::new("s", "192.0.2");
+    // 198.51.100.0/24 like tests/network.rs (test binaries run one at a time). Not
+    // 203.0.113.0/24 or 192.0.2.0/24: here those hold the package mirror and the
+    // host's own uplink, and a connected route over them cuts the machine off.
+    let net = Internet::new("s", "198.51.100");
     let outside = format!("http://{}:8080/", net.addr(2));
     let data = tempfile::tempdir().unwrap();
     let servers = Arc::new(Mutex::new(Vec::new()));

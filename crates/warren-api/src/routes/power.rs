@@ -77,25 +77,16 @@ pub async fn pause(
     Authed(c): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let w = find(&st, &c.id, &id).await?;
-    refuse_unprovisioned(&w)?;
-    if !matches!(
-        w.observed_state,
-        ObservedState::Running | ObservedState::Paused
-    ) {
-        return Err(ApiError::conflict(
-            "conflict",
-            format!(
-                "workspace {} is {}: only a running workspace can be paused",
-                w.id, w.observed_state
-            ),
-        ));
-    }
-    let r = st
-        .manager
-        .set_desired(Some(&c.id), &w.id, DesiredState::Paused, true, "pause")
-        .await?;
-    answer(&id, r)
+    freeze_or_thaw(
+        &st,
+        &c.id,
+        &id,
+        DesiredState::Paused,
+        true,
+        "pause",
+        "only a running workspace can be paused",
+    )
+    .await
 }
 
 pub async fn resume(
@@ -103,7 +94,30 @@ pub async fn resume(
     Authed(c): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let w = find(&st, &c.id, &id).await?;
+    freeze_or_thaw(
+        &st,
+        &c.id,
+        &id,
+        DesiredState::Running,
+        false,
+        "resume",
+        "only a paused workspace can be resumed (use start)",
+    )
+    .await
+}
+
+/// Pause and resume: both act only on a workspace whose VM exists (running or
+/// paused), and differ in the state they ask for.
+async fn freeze_or_thaw(
+    st: &AppState,
+    client_id: &str,
+    id: &str,
+    desired: DesiredState,
+    keep_memory: bool,
+    verb: &str,
+    refusal: &str,
+) -> ApiResult<Json<Value>> {
+    let w = find(st, client_id, id).await?;
     refuse_unprovisioned(&w)?;
     if !matches!(
         w.observed_state,
@@ -111,15 +125,12 @@ pub async fn resume(
     ) {
         return Err(ApiError::conflict(
             "conflict",
-            format!(
-                "workspace {} is {}: only a paused workspace can be resumed (use start)",
-                w.id, w.observed_state
-            ),
+            format!("workspace {} is {}: {refusal}", w.id, w.observed_state),
         ));
     }
     let r = st
         .manager
-        .set_desired(Some(&c.id), &w.id, DesiredState::Running, false, "resume")
+        .set_desired(Some(client_id), &w.id, desired, keep_memory, verb)
         .await?;
-    answer(&id, r)
+    answer(id, r)
 }

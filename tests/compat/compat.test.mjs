@@ -412,6 +412,22 @@ test('a watcher sees a file created by exec', async () => {
   ws.close();
 });
 
+test('search finds content and file names, respecting .gitignore', async () => {
+  await rt.files.write({ fullPath: '/root/proj/.gitignore', content: 'dist/\n', createDirs: true });
+  await rt.files.write({ fullPath: '/root/proj/src/app.js', content: 'const a = 1;\nfunction handleRequest() {}\n', createDirs: true });
+  await rt.files.write({ fullPath: '/root/proj/dist/app.min.js', content: 'function handleRequest(){}\n', createDirs: true });
+  const found = await rt.search.content({ query: 'handleRequest', path: '/root/proj' });
+  assert.equal(found.success, true);
+  assert.deepEqual(Object.keys(found.results), ['/root/proj/src/app.js']);
+  assert.equal(found.results['/root/proj/src/app.js'][0].line, 2);
+  assert.equal(found.total_matches, 1);
+  const files = await rt.search.files({ query: 'app', path: '/root/proj' });
+  assert.deepEqual(files.files, ['/root/proj/src/app.js']);
+  const status = await rt.search.status();
+  assert.equal(status.installed, true);
+  await assert.rejects(rt.search.content({ query: '(', regex: true, path: '/root/proj' }), (e) => e.status === 422);
+});
+
 test('proxy reaches an HTTP server inside the VM, without our token', async () => {
   await rt.files.write({ fullPath: '/root/www/index.html', content: 'hello-from-vm\n', createDirs: true });
   await rt.files.write({ fullPath: '/root/www/cgi-bin/env', content: '#!/bin/sh\necho "Content-Type: text/plain"\necho\nenv\n', mode: '0755', createDirs: true });

@@ -47,6 +47,7 @@ pub const CAPABILITIES: &[&str] = &[
     "proxy",
     "metrics",
     "transfer",
+    "search",
 ];
 
 #[derive(Clone)]
@@ -260,14 +261,19 @@ pub fn router(state: AppState) -> Router {
         .route("/files/mkdir", post(files::mkdir))
         .route("/files/delete", post(files::delete).delete(files::delete))
         .route("/files/download", get(files::download))
+        .route("/files/search", get(crate::search::content))
+        .route("/files/search/files", get(crate::search::files))
+        .route(
+            "/files/search/init",
+            get(crate::search::init).post(crate::search::init),
+        )
         .route("/files/upload", put(files::upload).post(files::upload))
         .route("/files/transfer/download", post(crate::transfer::download))
         .route(
             "/files/transfer/upload",
             post(crate::transfer::upload).put(crate::transfer::upload),
         );
-    crate::later::add(r)
-        .fallback(not_found)
+    r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), auth))

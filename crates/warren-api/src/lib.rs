@@ -16,6 +16,7 @@ pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod network;
 #[cfg(feature = "node")]

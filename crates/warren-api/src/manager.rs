@@ -33,6 +33,8 @@ pub struct Manager {
     pub backend: Arc<dyn WorkspaceBackend>,
     pub config: ApiConfig,
     pub keys: GatewayKeys,
+    /// The server's Prometheus metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -89,6 +91,7 @@ impl Manager {
             backend,
             config,
             keys,
+            metrics: crate::metrics::Metrics::new(),
             locks: Default::default(),
         })
     }
@@ -415,6 +418,7 @@ impl Manager {
             w.observed_state = ObservedState::Starting;
         }
         *w = self.store.save_observed(w).await?;
+        let boot_started = std::time::Instant::now();
         let r = if fresh {
             // Progress goes to the row through one writer task, finished before the
             // final save so it cannot overwrite it.
@@ -441,6 +445,8 @@ impl Manager {
         } else {
             self.backend.start(&spec).await
         };
+        self.metrics
+            .observe_boot(fresh, r.is_ok(), boot_started.elapsed());
         match r {
             Ok(b) => {
                 w.internal_ip = Some(b.internal_ip);

@@ -16,6 +16,13 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
     ),
     ("GET", "/openapi.json", "server", "This document", 200),
     (
+        "GET",
+        "/metrics",
+        "server",
+        "Prometheus metrics (OpenMetrics text): workspaces by state, boot and API latency",
+        200,
+    ),
+    (
         "POST",
         "/workspace",
         "workspaces",
@@ -502,7 +509,7 @@ pub fn document() -> Value {
         entry[method.to_lowercase()] = op;
     };
     for (m, p, tag, summary, ok) in ROUTES {
-        let public = matches!(*p, "/health" | "/openapi.json");
+        let public = matches!(*p, "/health" | "/openapi.json" | "/metrics");
         let mut responses = json!({
             ok.to_string(): {"description": "success (`success: true`)", "content": {"application/json": {}}},
         });

@@ -922,3 +922,68 @@ async fn workloads_and_stats_need_a_running_workspace_and_valid_boot_workloads()
     assert_eq!(b["status"], "stopped");
     assert_eq!(b["guest_available"], false);
 }
+
+#[tokio::test]
+async fn prometheus_metrics_count_states_boots_and_requests() {
+    let api = Api::start(|_| {}).await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"image": "busybox", "wait_ready": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    api.call("GET", &format!("/workspace/{id}"), None).await;
+
+    // No credentials needed, aggregates only.
+    let resp = reqwest::get(format!("{}/metrics", api.url)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("warren_workspaces{state=\"running\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warren_workspaces{state=\"stopped\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warren_workspace_boot_seconds_count{kind=\"create\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    // Requests are labelled by route template, never by workspace id.
+    assert!(
+        text.contains(
+            "warren_api_request_seconds_count{method=\"GET\",route=\"/workspace/{id}\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(&id), "{text}");
+
+    // Stopping moves the count.
+    let (s, _) = api
+        .call("POST", &format!("/workspace/{id}/stop"), None)
+        .await;
+    assert_eq!(s, 200);
+    api.wait_for(&id, |w| w["status"] == "stopped").await;
+    let text = reqwest::get(format!("{}/metrics", api.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("warren_workspaces{state=\"running\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warren_workspaces{state=\"stopped\"} 1"),
+        "{text}"
+    );
+}

@@ -32,6 +32,7 @@ pub const WORKLOAD_ACTIONS: &[(&str, &str)] = &[
 pub fn router(state: AppState) -> Router {
     let r = Router::new()
         .route("/health", get(info::health))
+        .route("/metrics", get(crate::metrics::handler))
         .route("/openapi.json", get(info::openapi))
         .route("/workspace", get(workspaces::list).post(workspaces::create))
         .route("/workspace/quota", get(info::quota))
@@ -131,6 +132,10 @@ pub fn router(state: AppState) -> Router {
     let r = unimplemented::add(r);
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -548,6 +548,38 @@ test('lifecycle, metadata and logs', async () => {
   assert.ok(files.some((f) => f.name === 'boot.log'));
 });
 
+test('config.cmd with a restart policy is supervised until max_restarts, then remove_on_exit acts', async () => {
+  const script = 'echo attempt; sleep 1; exit 3';
+  const ws = await client.workspaces.create({
+    ...small,
+    mode: 'temporary',
+    config: { cmd: script, restart_policy: 'on-failure', max_restarts: 1, remove_on_exit: true },
+  });
+  assert.equal(ws.ready, true);
+  assert.equal(ws.lifecycle.restart_policy, 'on-failure');
+  const wl = client.workspaces.workloads;
+  const c = await wl.get(ws.id, 'cmd');
+  assert.equal(c.restart_policy, 'on-failure');
+  assert.equal(c.max_restarts, 1);
+  assert.deepEqual(c.cmd, ['/bin/sh', '-c', script]);
+  const lines = [];
+  for await (const ev of wl.logsStream(ws.id, 'cmd')) {
+    lines.push(ev);
+    if (ev.stream === 'system' && ev.data.includes('max_restarts')) break;
+  }
+  assert.equal(lines.filter((l) => l.stream === 'stdout' && l.data === 'attempt').length, 2, JSON.stringify(lines));
+  // The final exit is the workspace command's exit: remove_on_exit removes it.
+  await waitGone(ws.id, 60);
+  // A workload may not take the name the supervised cmd uses.
+  await assert.rejects(
+    client.workspaces.create({
+      ...small,
+      config: { cmd: 'true', restart_policy: 'always', workloads: [{ name: 'cmd', cmd: ['true'] }] },
+    }),
+    (e) => e instanceof ValidationError && e.details.field === 'config.workloads',
+  );
+});
+
 test('TTL expiry removes a temporary workspace', async () => {
   const ws = await client.workspaces.create({ ...small, mode: 'temporary', config: { ttl: 4, ttl_action: 'remove' } });
   assert.equal(ws.ready, true);

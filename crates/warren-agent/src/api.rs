@@ -72,10 +72,7 @@ impl AppState {
         workload_state: Option<PathBuf>,
     ) -> AppState {
         let ws = Arc::new(ws);
-        let wctx = workloads::Ctx {
-            ws: ws.clone(),
-            reaper: reaper.clone(),
-        };
+        let wctx = workloads::Ctx::new(ws.clone(), reaper.clone());
         let conns = Connections::default();
         let watchers = Arc::new(Watchers::new(conns.events.clone()));
         AppState {

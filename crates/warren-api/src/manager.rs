@@ -104,6 +104,16 @@ impl Manager {
     /// What to boot for a workspace row.
     pub fn boot_spec(&self, w: &Workspace) -> BootSpec {
         let cfg = w.config.as_object().cloned().unwrap_or_default();
+        let mut workloads = model::workloads_of(&cfg).unwrap_or_default();
+        // A restarting cmd is supervised by the agent as a workload; otherwise it runs
+        // once.
+        let cmd = match model::cmd_workload(&cfg).unwrap_or_default() {
+            Some(wl) => {
+                workloads.push(wl);
+                None
+            }
+            None => model::cmd_of(&cfg).unwrap_or_default(),
+        };
         BootSpec {
             id: w.id.clone(),
             image: w.image.clone(),
@@ -111,10 +121,10 @@ impl Manager {
             memory_mb: w.memory_mb,
             disk_size_mb: w.disk_size_mb,
             env: model::env_of(&cfg).unwrap_or_default(),
-            cmd: model::cmd_of(&cfg).unwrap_or_default(),
+            cmd,
             // Checked when stored; a config that no longer checks boots with the default.
             network: crate::network::policy_of(&cfg).unwrap_or_default(),
-            workloads: model::workloads_of(&cfg).unwrap_or_default(),
+            workloads,
             // Every workspace the server manages keeps its disk and address while it
             // exists; the server itself removes it (delete, TTL, remove_on_exit).
             persistent: true,

@@ -160,7 +160,21 @@ pub fn check_config(config: &Map<String, Value>) -> ApiResult<Lifecycle> {
     }
     env_of(config)?;
     cmd_of(config)?;
-    workloads_of(config)?;
+    max_restarts_of(config)?;
+    let workloads = workloads_of(config)?;
+    if cmd_workload(config)?.is_some()
+        && workloads
+            .iter()
+            .any(|w| w.get("name").and_then(Value::as_str) == Some(CMD_WORKLOAD))
+    {
+        return Err(ApiError::invalid(
+            "config.workloads",
+            format!(
+                "the name {CMD_WORKLOAD:?} is taken by config.cmd, which runs as a workload \
+                 when restart_policy restarts it"
+            ),
+        ));
+    }
     crate::network::policy_of(config)?;
     Ok(Lifecycle {
         ttl_seconds,
@@ -312,6 +326,53 @@ pub fn cmd_of(config: &Map<String, Value>) -> ApiResult<Option<Vec<String>>> {
             "must be a string or an array of strings",
         )),
     }
+}
+
+/// Name of the managed workload that runs `config.cmd` when a restart policy asks for
+/// supervision.
+pub const CMD_WORKLOAD: &str = "cmd";
+/// Label the agent recognises on that workload: its final exit is the workspace
+/// command's exit (`remove_on_exit` acts on it).
+pub const CMD_WORKLOAD_LABEL: &str = "warren.cmd";
+
+/// `config.max_restarts`: how often a supervised `cmd` is restarted (none: no limit).
+pub fn max_restarts_of(config: &Map<String, Value>) -> ApiResult<Option<u32>> {
+    match config.get("max_restarts") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid("config.max_restarts", "must be a whole number from 0")
+            }),
+    }
+}
+
+/// `config.cmd` with a restart policy that restarts it (`on-failure`, `always`,
+/// `unless-stopped`) runs as a managed workload named [`CMD_WORKLOAD`], so the agent
+/// supervises it (backoff, `max_restarts`) and its logs stream like any workload's.
+/// `None`: no command, or a policy of `no`/`never` (the command runs once).
+pub fn cmd_workload(config: &Map<String, Value>) -> ApiResult<Option<Value>> {
+    let Some(argv) = cmd_of(config)? else {
+        return Ok(None);
+    };
+    let policy = match opt_str(config, "restart_policy")? {
+        Some("on-failure") => "on-failure",
+        // The user stopping the workload is what "unless stopped" means here.
+        Some("always") | Some("unless-stopped") => "always",
+        _ => return Ok(None),
+    };
+    let mut w = serde_json::json!({
+        "name": CMD_WORKLOAD,
+        "cmd": argv,
+        "restart_policy": policy,
+        "labels": {CMD_WORKLOAD_LABEL: "true"},
+    });
+    if let Some(n) = max_restarts_of(config)? {
+        w["max_restarts"] = n.into();
+    }
+    Ok(Some(w))
 }
 
 /// Parse and validate a create body (before anything is stored or allocated).
@@ -568,6 +629,50 @@ mod tests {
             json!({"workloads": [{"name": "a", "cmd": ["x"]}, {"name": "a", "cmd": ["y"]}]})
         )
         .contains("config.workloads[1].name"));
+    }
+
+    #[test]
+    fn a_restarting_cmd_becomes_the_cmd_workload() {
+        let cfg = |v: Value| v.as_object().cloned().unwrap();
+        let w = cmd_workload(&cfg(json!({
+            "cmd": "exit 3", "restart_policy": "on-failure", "max_restarts": 2
+        })))
+        .unwrap()
+        .unwrap();
+        assert_eq!(w["name"], CMD_WORKLOAD);
+        assert_eq!(w["cmd"], json!(["/bin/sh", "-c", "exit 3"]));
+        assert_eq!(w["restart_policy"], "on-failure");
+        assert_eq!(w["max_restarts"], 2);
+        assert_eq!(w["labels"][CMD_WORKLOAD_LABEL], "true");
+        let policy = |p: &str| {
+            cmd_workload(&cfg(json!({"cmd": ["x"], "restart_policy": p})))
+                .unwrap()
+                .map(|w| w["restart_policy"].clone())
+        };
+        assert_eq!(policy("always"), Some(json!("always")));
+        assert_eq!(policy("unless-stopped"), Some(json!("always")));
+        assert_eq!(policy("never"), None);
+        assert_eq!(policy("no"), None);
+        // No cmd, nothing to supervise.
+        assert!(cmd_workload(&cfg(json!({"restart_policy": "always"})))
+            .unwrap()
+            .is_none());
+
+        let field = |b: Value| parse_create(&b).unwrap_err().details.unwrap()["field"].clone();
+        assert_eq!(
+            field(json!({"config": {"cmd": "x", "max_restarts": -1}})),
+            "config.max_restarts"
+        );
+        assert_eq!(
+            field(json!({"config": {"cmd": "x", "restart_policy": "always",
+                                    "workloads": [{"name": "cmd", "cmd": ["y"]}]}})),
+            "config.workloads"
+        );
+        // Without a restarting cmd the name is free.
+        assert!(
+            parse_create(&json!({"config": {"workloads": [{"name": "cmd", "cmd": ["y"]}]}}))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! `Ready` is reported as `BootFailed` and the VM stays up: PID 1 never exits.
 
 mod cmd;
+
+/// Label of the workload that runs a supervised workspace command (set by the host).
+pub const CMD_WORKLOAD_LABEL: &str = "warren.cmd";
 pub mod modules;
 pub mod mounts;
 mod shutdown;
@@ -257,6 +260,31 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
             if let Some(argv) = config.cmd.clone() {
                 cmd::start(ws, reaper, argv, tx.clone());
             }
+            // A supervised workspace command (the host made `cmd` with a restart
+            // policy a workload with this label): its final exit is the command's.
+            let mut exits = workloads.exits();
+            let cmd_tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match exits.recv().await {
+                        Ok(e)
+                            if e.labels
+                                .get(CMD_WORKLOAD_LABEL)
+                                .is_some_and(|v| v == "true") =>
+                        {
+                            tracing::info!(
+                                exit_code = e.exit_code,
+                                "supervised workspace command ended"
+                            );
+                            cmd_tx.send(&GuestMessage::CmdExited {
+                                exit_code: e.exit_code,
+                            });
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
             // Workloads saved by earlier boots and those of the boot configuration.
             workloads.restore(&config.workloads);
             log.step(format!("workloads: {} defined", workloads.list().len()));

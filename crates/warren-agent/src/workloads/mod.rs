@@ -191,6 +191,28 @@ impl Workload {
 pub struct Ctx {
     pub ws: Arc<Workspace>,
     pub reaper: Reaper,
+    /// Every workload's final exit (no restart follows), for whoever listens.
+    pub exits: tokio::sync::broadcast::Sender<FinalExit>,
+}
+
+/// A workload ended for good: its policy or `max_restarts` allows no restart. Not
+/// sent when it was stopped on request.
+#[derive(Debug, Clone)]
+pub struct FinalExit {
+    pub id: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub exit_code: i32,
+}
+
+impl Ctx {
+    pub fn new(ws: Arc<Workspace>, reaper: Reaper) -> Ctx {
+        Ctx {
+            ws,
+            reaper,
+            exits: tokio::sync::broadcast::channel(16).0,
+        }
+    }
 }
 
 /// Saved form of a definition.
@@ -218,6 +240,11 @@ impl Workloads {
             log_dir,
             state_file,
         }
+    }
+
+    /// Final exits of workloads from now on.
+    pub fn exits(&self) -> tokio::sync::broadcast::Receiver<FinalExit> {
+        self.ctx.exits.subscribe()
     }
 
     pub fn list(&self) -> Vec<Arc<Workload>> {
@@ -556,14 +583,23 @@ async fn supervise(w: Arc<Workload>, ctx: Ctx, mut stop: watch::Receiver<bool>) 
         } else {
             Status::Exited
         };
-        if !again {
+        let final_exit = || {
             w.set(|s| s.status = end);
+            let _ = ctx.exits.send(FinalExit {
+                id: w.id.clone(),
+                name: spec.name.clone(),
+                labels: spec.labels.clone(),
+                exit_code: code,
+            });
+        };
+        if !again {
+            final_exit();
             return;
         }
         if spec.max_restarts.is_some_and(|m| restarts >= m) {
             w.logs
                 .system(format!("not restarting: max_restarts ({restarts}) reached"));
-            w.set(|s| s.status = end);
+            final_exit();
             return;
         }
         restarts += 1;

@@ -15,6 +15,12 @@ pub const GUEST_MODULES: &[&str] = &[
     "drivers/net/virtio_net.ko",
     "drivers/char/virtio_console.ko",
     "fs/overlayfs/overlay.ko",
+    // The encrypted writable disk: dm-crypt with AES-XTS (aes itself is built in;
+    // xts needs ecb).
+    "drivers/md/dm-mod.ko",
+    "drivers/md/dm-crypt.ko",
+    "crypto/ecb.ko",
+    "crypto/xts.ko",
 ];
 
 /// Where the agent finds the module list inside the initramfs.

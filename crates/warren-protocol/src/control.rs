@@ -63,6 +63,51 @@ pub enum DataDisk {
     Ext4,
     /// No writable disk: the writable layer lives in guest RAM (tmpfs).
     Tmpfs,
+    /// The writable disk is encrypted: the guest maps it with dm-crypt under this key
+    /// and mounts the ext4 inside (the host formatted it, encrypted, in memory).
+    Encrypted(EncryptedDisk),
+}
+
+/// How to open an encrypted writable disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncryptedDisk {
+    /// dm-crypt cipher spec, e.g. `aes-xts-plain64`.
+    pub cipher: String,
+    /// The workspace's data key, hex (for AES-256-XTS: 64 bytes, two 256-bit keys).
+    pub key_hex: Secret,
+    /// Encryption sector size in bytes (512).
+    #[serde(default = "default_sector")]
+    pub sector_size: u32,
+}
+
+fn default_sector() -> u32 {
+    512
+}
+
+/// A secret string: never printed by `Debug`, wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -11,6 +11,7 @@ mod cmd;
 
 /// Label of the workload that runs a supervised workspace command (set by the host).
 pub const CMD_WORKLOAD_LABEL: &str = "warren.cmd";
+pub mod dm;
 pub mod modules;
 pub mod mounts;
 mod shutdown;
@@ -30,7 +31,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use warren_protocol::control::{
-    BootConfig, BootTimings, GuestMessage, HostMessage, PROTOCOL_VERSION,
+    BootConfig, BootTimings, DataDisk, GuestMessage, HostMessage, PROTOCOL_VERSION,
 };
 
 /// How long to wait for devices (the control port, disks, the NIC) to show up.
@@ -213,7 +214,7 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
     });
 
     let mut data_fd: Option<OwnedFd> = None;
-    let config = loop {
+    let mut config = loop {
         tokio::select! {
             msg = next_message(&mut rx) => match msg {
                 HostMessage::Boot { config } => break config,
@@ -232,6 +233,8 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
             .map(|b| (b, r)),
         Err(e) => Err(InitError::Reaper(e)),
     };
+    // The disk key is in the kernel now; drop (and wipe) our copy.
+    config.data_disk = DataDisk::Ext4;
     match result {
         Ok((booted, reaper)) => {
             let ws = Arc::new(booted.workspace);

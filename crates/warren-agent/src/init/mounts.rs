@@ -34,6 +34,8 @@ pub enum MountError {
     },
     #[error("switch_root: {0}")]
     Switch(String),
+    #[error("encrypted data disk: {0}")]
+    Crypt(#[from] super::dm::DmError),
 }
 
 fn do_mount(
@@ -183,6 +185,26 @@ pub fn prepare_root(data_disk: &DataDisk, wait: Duration) -> Result<PreparedRoot
             let data_s = data.to_string_lossy().into_owned();
             do_mount(&data_s, DATA_DIR, "ext4", MsFlags::MS_NOATIME, None)?;
             format!("{data_s} (ext4)")
+        }
+        DataDisk::Encrypted(enc) => {
+            let raw = wait_for_disk(DATA_DISK_SERIAL, wait)?;
+            let mapped =
+                super::dm::open_crypt(&raw, &enc.cipher, enc.key_hex.expose(), enc.sector_size)?;
+            let mapped_s = mapped.to_string_lossy().into_owned();
+            do_mount(&mapped_s, DATA_DIR, "ext4", MsFlags::MS_NOATIME, None)?;
+            let grown = match super::dm::grow_fs(&mapped, Path::new(DATA_DIR)) {
+                Ok(Some(blocks)) => format!(", grown to {blocks} blocks"),
+                Ok(None) => String::new(),
+                Err(e) => {
+                    tracing::warn!("growing the data file system: {e}");
+                    String::new()
+                }
+            };
+            format!(
+                "{} ({}, {mapped_s}, ext4{grown})",
+                raw.display(),
+                enc.cipher
+            )
         }
         DataDisk::Tmpfs => {
             do_mount(

@@ -57,6 +57,11 @@ pub struct NodeArgs {
     /// Interface workspaces' internet traffic leaves by (default: any but the taps).
     #[arg(long, env = "WARREN_UPLINK")]
     pub uplink: Option<String>,
+    /// The master key wrapping workspaces' disk keys (64 hex digits, mode 0600);
+    /// default DATA_DIR/master.key, created on first start. Keep a copy elsewhere:
+    /// without it no encrypted disk can be opened.
+    #[arg(long, env = "WARREN_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -70,6 +75,7 @@ impl NodeArgs {
             network_cidr: self.network_cidr.clone(),
             dns_upstream: self.dns_upstream.clone(),
             uplink: self.uplink.clone(),
+            master_key_file: self.master_key_file.clone(),
             ..NodeConfig::default()
         };
         if let Some(a) = &self.agent {
@@ -104,6 +110,13 @@ enum Command {
     },
     /// Run the server: REST API, node agent and data-plane gateway.
     Server(server::ServerArgs),
+    /// Rotate the master key: re-wrap every workspace's disk key under a new one
+    /// (run it while the server is stopped).
+    #[command(name = "rotate-master-key")]
+    RotateMasterKey {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Manage workspaces on a server.
     Workspace {
         #[command(flatten)]
@@ -157,6 +170,11 @@ fn main() {
             Command::Run(args) => run::run(args).await,
             Command::ImageBuild { reference, node } => run::image_build(&reference, &node).await,
             Command::Server(args) => server::server(args).await,
+            Command::RotateMasterKey { node } => {
+                let n = warren_node::keys::rotate_master_key(&node.config())?;
+                eprintln!("warren: master key rotated; {n} workspace keys re-wrapped");
+                Ok(0)
+            }
             Command::Workspace { conn, cmd } => client::workspace(&conn, cmd).await,
             Command::Exec { conn, args } => client::exec(&conn, args).await,
             Command::Files { conn, cmd } => client::files(&conn, cmd).await,

@@ -42,6 +42,11 @@ pub struct NodeConfig {
     pub boot_timeout_secs: u64,
     /// Keep kernel messages on the boot log.
     pub verbose_kernel: bool,
+    /// Encrypt new workspaces' writable disks (AES-256-XTS, per-workspace key).
+    pub encrypt_disks: bool,
+    /// The master key wrapping the disks' keys (64 hex digits, mode 0600). `None`:
+    /// `data_dir/master.key`, created on first use. A path given here must exist.
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -64,7 +69,18 @@ impl Default for NodeConfig {
             max_disk_mb: 1 << 20,
             boot_timeout_secs: 60,
             verbose_kernel: false,
+            encrypt_disks: true,
+            master_key_file: None,
         }
+    }
+}
+
+impl NodeConfig {
+    /// Where the master key lives (see [`NodeConfig::master_key_file`]).
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 }
 

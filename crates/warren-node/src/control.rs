@@ -69,9 +69,14 @@ impl ControlChannel {
 
     pub async fn send(&self, msg: &HostMessage) -> Result<()> {
         let mut w = self.writer.lock().await;
-        w.write_all(&encode(msg))
+        let mut line = encode(msg);
+        let r = w
+            .write_all(&line)
             .await
-            .map_err(|e| NodeError::Boot(format!("control channel write failed: {e}")))
+            .map_err(|e| NodeError::Boot(format!("control channel write failed: {e}")));
+        // A Boot message carries the disk key.
+        zeroize::Zeroize::zeroize(&mut line);
+        r
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod control;
 pub mod disk;
+pub mod keys;
 pub mod net;
 pub mod reconcile;
 pub mod workspace;
@@ -34,6 +35,8 @@ pub enum NodeError {
     Network(String),
     #[error("disk setup failed: {0}")]
     Disk(String),
+    #[error("key management: {0}")]
+    Kms(#[from] warren_kms::KmsError),
     #[error("the workspace's agent did not become ready: {0}")]
     Boot(String),
     #[error("the workspace's agent did not become ready within {0:?}; boot log: {1}")]

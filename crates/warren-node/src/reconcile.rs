@@ -78,6 +78,8 @@ pub fn reconcile(
                     out.vms_killed.push(name.clone());
                 }
             }
+            // Crypto-erasure first: the disk is unreadable even if removing it fails.
+            let _ = warren_kms::destroy_wrapped(&dir.join(crate::keys::KEY_FILE));
             if std::fs::remove_dir_all(&dir).is_ok() {
                 out.dirs_removed.push(name);
             }

@@ -15,8 +15,8 @@ use warren_guest::{GuestAssets, GuestKernel};
 use warren_images::{Image, ImageStore, ImageStoreConfig, Progress};
 use warren_netpolicy::{Compiled, NetworkPolicy, Resolver, ResolverSpec};
 use warren_protocol::control::{
-    BootConfig, BootTimings, DataDisk, GuestMessage, HostMessage, NetworkConfig, DATA_DISK_SERIAL,
-    IMAGE_DISK_SERIAL,
+    BootConfig, BootTimings, DataDisk, EncryptedDisk, GuestMessage, HostMessage, NetworkConfig,
+    Secret, DATA_DISK_SERIAL, IMAGE_DISK_SERIAL,
 };
 use warren_protocol::runtime::API_PORT;
 use warren_vmm::{qemu::QemuVmm, Accel, DiskSpec, NetSpec, Vm, VmSpec, Vmm};
@@ -184,12 +184,16 @@ pub struct Node {
     pool: NetPool,
     guest: OnceCell<GuestAssets>,
     dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Wraps and unwraps the disks' data keys; `None`: encryption off and no keys.
+    kms: Option<Arc<dyn warren_kms::KeyManager>>,
 }
 
 impl Node {
     /// Check the host (VMM binary, accelerator, address pool) and set up directories.
     /// Nothing slow happens here: the kernel and images are prepared on first use.
     pub fn new(config: NodeConfig) -> Result<Self> {
+        // First: a missing or wrong master key stops us before anything is touched.
+        let kms = crate::keys::open_key_manager(&config)?;
         let vmm = QemuVmm::new(config.qemu_binary.clone())?;
         let (accel, accel_reason) = warren_vmm::detect_accel(
             config.accel,
@@ -216,6 +220,7 @@ impl Node {
             pool,
             guest: OnceCell::new(),
             dns_upstreams,
+            kms,
         })
     }
 
@@ -362,6 +367,57 @@ impl Node {
         self.boot(id, spec, progress, fresh).instrument(span).await
     }
 
+    /// How the guest is to open workspace `id`'s writable disk. With `create` (a size
+    /// in MiB) the disk is made first: encrypted under a fresh data key, whose wrapped
+    /// form is stored beside it, when encryption is on. An existing disk with a
+    /// wrapped key is opened with that key (unwrapped here, in memory only); one
+    /// without (made with encryption off) is plain ext4.
+    pub fn data_disk(&self, id: &str, create: Option<u64>) -> Result<DataDisk> {
+        let dir = self.workspace_dir(id);
+        let disk_path = dir.join("data.ext4");
+        let key_path = dir.join(crate::keys::KEY_FILE);
+        let key = match (create, &self.kms) {
+            (Some(size_mb), Some(kms)) if self.config.encrypt_disks => {
+                let key = warren_kms::DataKey::generate();
+                warren_kms::write_wrapped(&key_path, &kms.wrap(&key, id)?)?;
+                if let Err(e) = disk::create_encrypted_disk(&disk_path, size_mb, &key) {
+                    let _ = warren_kms::destroy_wrapped(&key_path);
+                    return Err(e);
+                }
+                tracing::debug!(size_mb, cipher = disk::CIPHER, "encrypted disk created");
+                key
+            }
+            (Some(size_mb), _) => {
+                disk::create_plain_disk(&disk_path, size_mb)?;
+                return Ok(DataDisk::Ext4);
+            }
+            (None, _) if !key_path.exists() => return Ok(DataDisk::Ext4),
+            (None, None) => {
+                return Err(NodeError::Disk(format!(
+                    "{} is encrypted but no master key is loaded",
+                    disk_path.display()
+                )))
+            }
+            (None, Some(kms)) => kms.unwrap(&warren_kms::read_wrapped(&key_path)?, id)?,
+        };
+        Ok(DataDisk::Encrypted(EncryptedDisk {
+            cipher: disk::CIPHER.into(),
+            key_hex: Secret::new(key.to_hex().to_string()),
+            sector_size: disk::SECTOR as u32,
+        }))
+    }
+
+    /// Crypto-erasure: destroy workspace `id`'s wrapped data key, so its disk (and
+    /// any copy of it) is unreadable. Returns whether it had one.
+    pub fn erase_key(&self, id: &str) -> Result<bool> {
+        let erased =
+            warren_kms::destroy_wrapped(&self.workspace_dir(id).join(crate::keys::KEY_FILE))?;
+        if erased {
+            tracing::info!(workspace_id = %id, "data key destroyed (crypto-erasure)");
+        }
+        Ok(erased)
+    }
+
     pub fn workspace_dir(&self, id: &str) -> PathBuf {
         self.config.data_dir.join("workspaces").join(id)
     }
@@ -406,10 +462,7 @@ impl Node {
         }
 
         let t = Instant::now();
-        let data_disk = run_dir.join("data.ext4");
-        if fresh {
-            disk::create_data_disk(&data_disk, spec.disk_size_mb)?;
-        }
+        let data_disk = self.data_disk(&id, fresh.then_some(spec.disk_size_mb))?;
         let disk_ms = ms(t);
 
         let t = Instant::now();
@@ -472,7 +525,7 @@ impl Node {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0),
             entropy_hex: random_hex(64),
-            data_disk: DataDisk::Ext4,
+            data_disk,
             workloads: spec.workloads.clone(),
         };
         control
@@ -603,6 +656,7 @@ impl Node {
         let span = tracing::info_span!("workspace", workspace_id = %ws.id);
         async {
             power_off(&ws, grace).await?;
+            self.erase_key(&ws.id)?;
             self.pool.release(&ws.lease.record);
             std::fs::remove_dir_all(&ws.run_dir)
                 .map_err(io_err(format!("remove {}", ws.run_dir.display())))?;
@@ -628,6 +682,7 @@ impl Node {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
+        self.erase_key(id)?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -796,6 +851,7 @@ impl Drop for Cleanup<'_> {
             self.pool.release(&l);
         }
         if let Some(d) = self.run_dir.take() {
+            let _ = warren_kms::destroy_wrapped(&d.join(crate::keys::KEY_FILE));
             let _ = std::fs::remove_dir_all(d);
         }
     }

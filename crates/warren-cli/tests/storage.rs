@@ -1,0 +1,455 @@
+//! Storage against real VMs through `warren server`: each workspace's disk is
+//! encrypted under its own key, the host holds the key only wrapped and never the
+//! plaintext, data survives stop/start, a server restart and a master key rotation,
+//! a missing or wrong master key stops the server before it touches anything, and
+//! delete destroys the key.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use warren_kms::KeyManager;
+use warren_protocol::runtime::ExecRequest;
+use warren_sdk::ControlClient;
+
+/// Servers share the host's address pool and taps: one test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Server {
+    child: Child,
+    url: String,
+    data: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn server_cmd(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.args([
+        "server",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--gateway-addr",
+        "127.0.0.1:0",
+    ])
+    .args(["--default-image", "busybox"])
+    .env("WARREN_DATA_DIR", data)
+    .env("WARREN_CACHE_DIR", cache_dir())
+    .env("WARREN_AGENT", agent())
+    .env_remove("WARREN_MASTER_KEY_FILE")
+    .env_remove("RUST_LOG");
+    c
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = server_cmd(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn warren server");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(url) = line.strip_prefix("warren: api listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
+        Server {
+            child,
+            url,
+            data: data.to_path_buf(),
+            stderr,
+        }
+    }
+
+    fn sdk(&self) -> ControlClient {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap())
+                .unwrap();
+        ControlClient::new(
+            &self.url,
+            v["client_id"].as_str().unwrap(),
+            v["client_secret"].as_str().unwrap(),
+        )
+        .unwrap()
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap())
+                .unwrap();
+        let mut r = reqwest::Client::new()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{}", self.url, path),
+            )
+            .header("X-Client-ID", v["client_id"].as_str().unwrap())
+            .header("X-Client-Secret", v["client_secret"].as_str().unwrap());
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let s = resp.status().as_u16();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Stop the server (SIGTERM, then wait); workspaces' VMs are left as they are.
+    fn shutdown(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            kill_vms_of(&self.data);
+        }
+    }
+}
+
+/// A failed test must not leave its VMs running (they outlive the server).
+fn kill_vms_of(data: &Path) {
+    let marker = data.join("workspaces").display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("qemu-system") && cmd.contains(&marker) {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    }
+}
+
+async fn wait_for(
+    s: &Server,
+    id: &str,
+    secs: u64,
+    what: impl Fn(Option<&Value>) -> bool,
+) -> Option<Value> {
+    let t0 = Instant::now();
+    loop {
+        let (st, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
+        let w = (st == 200).then(|| b["workspace"].clone());
+        if what(w.as_ref()) {
+            return w;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "workspace {id} never got there; last: {st} {b}\nserver log:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn sh(s: &Server, id: &str, script: &str) -> (i32, String, String) {
+    let rt = s.sdk().runtime(id).await.unwrap();
+    let out = rt
+        .exec(&ExecRequest {
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (
+        out.exit_code.unwrap_or(-1),
+        out.stdout.unwrap_or_default(),
+        out.stderr.unwrap_or_default(),
+    )
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Files under `dir` containing any of `needles` (read in chunks, with overlap).
+fn files_containing(dir: &Path, needles: &[&[u8]]) -> Vec<String> {
+    let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut hits = Vec::new();
+    for p in files_under(dir) {
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        let mut carry: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 4 << 20];
+        loop {
+            let n = f.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            carry.extend_from_slice(&buf[..n]);
+            if needles
+                .iter()
+                .any(|nd| carry.windows(nd.len()).any(|w| w == *nd))
+            {
+                hits.push(p.display().to_string());
+                break;
+            }
+            let keep = carry.len().saturating_sub(longest);
+            carry.drain(..keep);
+        }
+    }
+    hits
+}
+
+/// Decrypt the parts of the disk file that hold data (not all-zero ciphertext) and
+/// say whether `needle` is in the plaintext: the positive control of the search.
+fn decrypted_disk_contains(disk: &Path, key: &warren_kms::DataKey, needle: &[u8]) -> bool {
+    let cipher = warren_node::disk::DiskCipher::new(key);
+    let mut f = std::fs::File::open(disk).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return false;
+        }
+        let chunk = &mut buf[..n];
+        if chunk.iter().any(|b| *b != 0) {
+            cipher.decrypt(chunk, off);
+            if chunk.windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+        }
+        off += n as u64;
+    }
+}
+
+/// `(path -> (size, mtime, sha256))` of the workspaces' files: to show nothing changed.
+fn snapshot(dir: &Path) -> BTreeMap<String, (u64, i64, String)> {
+    use std::os::unix::fs::MetadataExt;
+    files_under(&dir.join("workspaces"))
+        .into_iter()
+        .map(|p| {
+            let md = std::fs::metadata(&p).unwrap();
+            let sum = if md.len() < (1 << 20) {
+                sha256_hex(&std::fs::read(&p).unwrap())
+            } else {
+                String::new()
+            };
+            (p.display().to_string(), (md.len(), md.mtime(), sum))
+        })
+        .collect()
+}
+
+/// Start a server that must refuse to start; returns its stderr.
+fn refused_start(data: &Path) -> String {
+    let out = server_cmd(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "the server started: {err}");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_disk_is_never_plaintext_survives_restarts_and_is_erased() {
+    let _g = SERIAL.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    let master = data.path().join("master.key");
+    let mode = std::fs::metadata(&master).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "master key mode");
+
+    let created = s
+        .sdk()
+        .create(&json!({"image": "busybox", "memory_mb": 256, "disk_size_mb": 128}))
+        .await
+        .unwrap();
+    let id = created["workspace"]["id"].as_str().unwrap().to_string();
+    wait_for(&s, &id, 120, |w| w.is_some_and(|w| w["ready"] == true)).await;
+    let dir = data.path().join("workspaces").join(&id);
+    let key_file = dir.join("data.key");
+    let wrapped = std::fs::read(&key_file).unwrap();
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // In the guest: the writable layer is a dm-crypt mapping over the virtio disk.
+    let (code, out, err) = sh(
+        &s,
+        &id,
+        "cat /sys/block/dm-0/dm/name; ls /sys/block/dm-0/slaves",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "warren-data", "{out}");
+    assert!(lines[1].starts_with("vd"), "{out}");
+
+    // A marker written in the guest. The command line never holds it whole, so it
+    // can only reach the host through the disk.
+    let (code, out, err) = sh(
+        &s,
+        &id,
+        "i=0; while [ $i -lt 200 ]; do printf 'warren-%s-%s\\n' plain text-marker-7f3a; \
+         i=$((i+1)); done > /root/marker.txt && sync && wc -l < /root/marker.txt",
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "200"), "{err}");
+    let marker: &[u8] = b"warren-plain-text-marker-7f3a";
+
+    // The host holds only ciphertext and the wrapped key.
+    let km = warren_kms::LocalKeyManager::open(&master).unwrap();
+    let key = km
+        .unwrap(&warren_kms::read_wrapped(&key_file).unwrap(), &id)
+        .unwrap();
+    let key_hex = key.to_hex();
+    let hits = files_containing(
+        data.path(),
+        &[marker, &key.as_bytes()[..], key_hex.as_bytes()],
+    );
+    assert!(
+        hits.is_empty(),
+        "plaintext or the unwrapped key on the host: {hits:?}"
+    );
+    // ... and the marker is really on that disk, under the workspace's key.
+    assert!(
+        decrypted_disk_contains(&dir.join("data.ext4"), &key, marker),
+        "the marker is not on the encrypted disk"
+    );
+
+    // Stop and start: the data is there.
+    let (st, b) = s.call("POST", &format!("/workspace/{id}/stop"), None).await;
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/start"), None)
+        .await;
+    assert_eq!((st, b["status"].clone()), (200, json!("running")), "{b}");
+    let (_, out, _) = sh(&s, &id, "head -1 /root/marker.txt").await;
+    assert_eq!(out.as_bytes().strip_suffix(b"\n"), Some(marker));
+    let (st, b) = s.call("POST", &format!("/workspace/{id}/stop"), None).await;
+    assert_eq!(st, 200, "{b}");
+    s.shutdown();
+
+    // A missing, wrong or exposed master key: a clear error, nothing touched.
+    let before = snapshot(data.path());
+    let saved = data.path().join("master.key.saved");
+    std::fs::rename(&master, &saved).unwrap();
+    let err = refused_start(data.path());
+    assert!(
+        err.contains("master key file") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!master.exists(), "a missing key must not be replaced");
+    warren_kms::LocalKeyManager::create(&master).unwrap();
+    let err = refused_start(data.path());
+    assert!(
+        err.contains("wrapped under master key") && err.contains(&id),
+        "{err}"
+    );
+    std::fs::remove_file(&master).unwrap();
+    std::fs::rename(&saved, &master).unwrap();
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = refused_start(data.path());
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        snapshot(data.path()),
+        before,
+        "a refused start changed files"
+    );
+
+    // Rotation: the data key is re-wrapped under a new master key.
+    let old_master = std::fs::read(&master).unwrap();
+    let out = warren(data.path())
+        .arg("rotate-master-key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(std::fs::read(&master).unwrap(), old_master);
+    let rewrapped = warren_kms::read_wrapped(&key_file).unwrap();
+    assert_ne!(std::fs::read(&key_file).unwrap(), wrapped);
+    assert!(!km.has_key(&rewrapped.kek_id), "still under the old key");
+    assert!(km.unwrap(&rewrapped, &id).is_err());
+
+    // A server restart, under the rotated key: the data is there.
+    let s = Server::start(data.path());
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/start"), None)
+        .await;
+    assert_eq!(
+        (st, b["status"].clone()),
+        (200, json!("running")),
+        "{b}\n{}",
+        s.log()
+    );
+    let (_, out, _) = sh(
+        &s,
+        &id,
+        "wc -l < /root/marker.txt; head -1 /root/marker.txt",
+    )
+    .await;
+    assert_eq!(out, format!("200\n{}\n", String::from_utf8_lossy(marker)));
+
+    // Delete: the VM stops and the key is destroyed with the disk.
+    let wrapped_now = std::fs::read(&key_file).unwrap();
+    let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
+    assert_eq!(st, 202);
+    wait_for(&s, &id, 60, |w| w.is_none()).await;
+    assert!(!key_file.exists(), "the wrapped key outlived its workspace");
+    assert!(!dir.exists());
+    let rw = serde_json::from_slice::<Value>(&wrapped_now).unwrap();
+    let ct = rw["ciphertext"].as_str().unwrap();
+    assert!(
+        files_containing(data.path(), &[ct.as_bytes()]).is_empty(),
+        "a copy of the wrapped key is left"
+    );
+    assert_nothing_left(data.path(), &[id]);
+}

@@ -1,0 +1,86 @@
+//! The node's side of key management: which master key wraps the workspaces' disk
+//! keys, checked at start before anything touches a workspace, and where each
+//! workspace's wrapped key lives (`workspaces/<id>/data.key`, mode 0600, bound to
+//! the workspace id).
+
+use crate::config::NodeConfig;
+use crate::{NodeError, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use warren_kms::{KeyManager, KmsError, LocalKeyManager};
+
+/// A workspace's wrapped data key, in its run directory.
+pub const KEY_FILE: &str = "data.key";
+
+/// Every `(wrapped key file, workspace id)` under `data_dir`.
+pub fn wrapped_keys(data_dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut v: Vec<_> = std::fs::read_dir(data_dir.join("workspaces"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    let p = e.path().join(KEY_FILE);
+                    (!id.starts_with('.') && p.is_file()).then_some((p, id))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Open the master key for `config` and prove it unwraps every stored data key.
+///
+/// * The key file exists: it must be 0600 and well formed, and every workspace's
+///   wrapped key must unwrap under it (else: an error naming the workspace).
+/// * It is missing: an error if a path was configured or any workspace has a
+///   wrapped key (its disk would be unreadable); otherwise, with encryption on, a
+///   new key is created. With encryption off and no keys: `None`.
+///
+/// Nothing else is read or written, so a bad key stops the node before it changes
+/// any workspace.
+pub fn open_key_manager(config: &NodeConfig) -> Result<Option<Arc<dyn KeyManager>>> {
+    let path = config.master_key_path();
+    let wrapped = wrapped_keys(&config.data_dir);
+    let km = if path.exists() {
+        LocalKeyManager::open(&path)?
+    } else if config.master_key_file.is_some() || !wrapped.is_empty() {
+        tracing::error!(
+            path = %path.display(),
+            wrapped_keys = wrapped.len(),
+            "the master key is missing"
+        );
+        return Err(KmsError::MasterKeyMissing(path).into());
+    } else if config.encrypt_disks {
+        LocalKeyManager::create(&path)?
+    } else {
+        return Ok(None);
+    };
+    for (file, id) in &wrapped {
+        let w = warren_kms::read_wrapped(file)?;
+        km.unwrap(&w, id).map_err(|e| {
+            NodeError::Kms(match e {
+                KmsError::UnknownMasterKey { kek_id, have } => KmsError::UnknownMasterKey {
+                    kek_id: format!("{kek_id} (workspace {id})"),
+                    have,
+                },
+                other => other,
+            })
+        })?;
+    }
+    tracing::info!(
+        key_id = %km.current_key_id(),
+        wrapped_keys = wrapped.len(),
+        "master key loaded"
+    );
+    Ok(Some(Arc::new(km)))
+}
+
+/// Re-wrap every workspace's data key under a new master key (`warren key
+/// rotate`); run it while no server uses this data directory.
+pub fn rotate_master_key(config: &NodeConfig) -> Result<usize> {
+    // Proves the current key first: a wrong key must not "rotate" anything.
+    open_key_manager(config)?;
+    let n = warren_kms::rotate_local(&config.master_key_path(), &wrapped_keys(&config.data_dir))?;
+    Ok(n)
+}

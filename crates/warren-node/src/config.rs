@@ -47,6 +47,15 @@ pub struct NodeConfig {
     /// The master key wrapping the disks' keys (64 hex digits, mode 0600). `None`:
     /// `data_dir/master.key`, created on first use. A path given here must exist.
     pub master_key_file: Option<PathBuf>,
+    /// Confine each VMM: own uid, chroot, mount namespace, cgroup, seccomp
+    /// (see `warren_vmm::confine`).
+    pub confine_vmms: bool,
+    /// First uid/gid of the range VMMs run under (one per lease index).
+    pub vmm_uid_base: u32,
+    /// Hard CPU quota per vCPU, percent of one host CPU.
+    pub cpu_quota_pct: u32,
+    /// Memory a VMM may use beyond its guest's RAM before the host kills it.
+    pub vmm_memory_overhead_mb: u32,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +80,10 @@ impl Default for NodeConfig {
             verbose_kernel: false,
             encrypt_disks: true,
             master_key_file: None,
+            confine_vmms: true,
+            vmm_uid_base: 3_000_000,
+            cpu_quota_pct: 100,
+            vmm_memory_overhead_mb: 384,
         }
     }
 }

@@ -186,6 +186,8 @@ pub struct Node {
     dns_upstreams: Vec<std::net::SocketAddr>,
     /// Wraps and unwraps the disks' data keys; `None`: encryption off and no keys.
     kms: Option<Arc<dyn warren_kms::KeyManager>>,
+    /// How VMMs are confined (their cgroups and jails); `None`: not at all.
+    confine: Option<warren_vmm::confine::ConfineSetup>,
 }
 
 impl Node {
@@ -194,7 +196,17 @@ impl Node {
     pub fn new(config: NodeConfig) -> Result<Self> {
         // First: a missing or wrong master key stops us before anything is touched.
         let kms = crate::keys::open_key_manager(&config)?;
-        let vmm = QemuVmm::new(config.qemu_binary.clone())?;
+        let mut vmm = QemuVmm::new(config.qemu_binary.clone())?;
+        let confine = config.confine_vmms.then(|| {
+            warren_vmm::confine::ConfineSetup::new(warren_vmm::confine::ConfinePolicy {
+                uid_base: config.vmm_uid_base,
+                jail_root: config.run_dir.join("jail"),
+                cpu_quota_pct: config.cpu_quota_pct,
+                memory_overhead_mb: config.vmm_memory_overhead_mb,
+                ..Default::default()
+            })
+        });
+        vmm.confine = confine.clone();
         let (accel, accel_reason) = warren_vmm::detect_accel(
             config.accel,
             config.kernel.starts_with('/') && config.kernel_pvm_capable,
@@ -221,6 +233,7 @@ impl Node {
             guest: OnceCell::new(),
             dns_upstreams,
             kms,
+            confine,
         })
     }
 
@@ -657,6 +670,9 @@ impl Node {
         async {
             power_off(&ws, grace).await?;
             self.erase_key(&ws.id)?;
+            if let Some(c) = &self.confine {
+                c.remove_leftovers(&ws.id);
+            }
             self.pool.release(&ws.lease.record);
             std::fs::remove_dir_all(&ws.run_dir)
                 .map_err(io_err(format!("remove {}", ws.run_dir.display())))?;
@@ -683,6 +699,9 @@ impl Node {
             }
         }
         self.erase_key(id)?;
+        if let Some(c) = &self.confine {
+            c.remove_leftovers(id);
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -6,6 +6,7 @@
 //! or Cloud Hypervisor driver implements the same two traits.
 
 pub mod accel;
+pub mod confine;
 pub mod qemu;
 pub mod qmp;
 

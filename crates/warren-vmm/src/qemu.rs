@@ -22,6 +22,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct QemuVmm {
     pub binary: PathBuf,
+    /// How each VMM is confined (see [`crate::confine`]); `None`: not at all.
+    pub confine: Option<crate::confine::ConfineSetup>,
 }
 
 impl QemuVmm {
@@ -34,7 +36,17 @@ impl QemuVmm {
         if !found {
             return Err(VmmError::BinaryMissing(binary));
         }
-        Ok(QemuVmm { binary })
+        Ok(QemuVmm {
+            binary,
+            confine: None,
+        })
+    }
+
+    /// Confine every VMM started from now on (own uid, chroot, mount namespace,
+    /// cgroup with limits, seccomp).
+    pub fn with_confinement(mut self, policy: crate::confine::ConfinePolicy) -> Self {
+        self.confine = Some(crate::confine::ConfineSetup::new(policy));
+        self
     }
 
     async fn spawn(&self, spec: &VmSpec, incoming: bool) -> Result<QemuVm> {
@@ -70,6 +82,17 @@ impl QemuVmm {
         let log2 = log.try_clone().map_err(io_err("dup log"))?;
 
         let mut args = qemu_args(spec);
+        let confinement = match &self.confine {
+            Some(c) => Some(c.prepare(spec)?),
+            None => None,
+        };
+        let confined = match &confinement {
+            Some(c) => {
+                args.extend(c.qemu_args());
+                Some(c.pre_exec()?)
+            }
+            None => None,
+        };
         if incoming {
             args.push("-incoming".into());
             args.push("defer".into());
@@ -89,6 +112,9 @@ impl QemuVmm {
                 libc::setsid();
                 if die_with_parent {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                }
+                if let Some(c) = &confined {
+                    c.run()?;
                 }
                 Ok(())
             });
@@ -137,6 +163,9 @@ impl QemuVmm {
                     signal: None,
                 },
             };
+            if let Some(c) = confinement {
+                c.remove();
+            }
             let _ = tx.send(Some(exit));
         });
         Ok(QemuVm { pid, qmp, exit: rx })

@@ -1,0 +1,538 @@
+//! Confining a VMM process, in the manner of Firecracker's jailer.
+//!
+//! Each QEMU runs
+//! * in its own **cgroup** (`<warren's own cgroup>/warren/<workspace>`), which caps its
+//!   CPU time (`cpu.max`, or `cpu.cfs_quota_us` on a cgroup v1 host) and its memory
+//!   (`memory.max` / `memory.limit_in_bytes`: guest RAM plus the VMM's overhead). The
+//!   child joins it between fork and exec, so it never runs unlimited;
+//! * in its own **mount namespace** (private propagation), and **chrooted** into an
+//!   empty directory of its own (`-chroot`) once it has opened its files: kernel,
+//!   initramfs, disks, sockets, tap and (with KVM) /dev/kvm. After that it can open
+//!   no file of the host at all;
+//! * under its own **unprivileged uid/gid** (`-runas`), from a range reserved for VMMs
+//!   (`uid_base` + the workspace's lease index, so no two VMMs share one), with no
+//!   capabilities;
+//! * under QEMU's **seccomp** filter (`-sandbox on,obsolete=deny,spawn=deny,
+//!   resourcecontrol=deny`): no exec, no obsolete syscalls, no scheduler or
+//!   affinity changes. `elevateprivileges` stays `allow` only because QEMU's own
+//!   `-runas` needs setuid after the filter is in place; with no capabilities left,
+//!   a set*id call can only drop privileges further.
+//!
+//! A VMM that must die with its parent (`warren run`) keeps root (the kernel clears
+//! the parent-death signal on a uid change) but gets everything else.
+
+use crate::{io_err, Result, VmSpec, VmmError};
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+/// What the node asks of every VMM it starts.
+#[derive(Debug, Clone)]
+pub struct ConfinePolicy {
+    /// First uid (and gid) of the VMM range.
+    pub uid_base: u32,
+    /// Parent of the per-VM empty chroot directories.
+    pub jail_root: PathBuf,
+    /// QEMU's seccomp sandbox.
+    pub seccomp: bool,
+    /// Allow the VMM to start programs (`-sandbox spawn=allow`): only for `exec:`
+    /// migration URIs, which Warren does not use (it hands the VMM an fd instead).
+    pub allow_spawn: bool,
+    /// Put each VMM in its own cgroup with CPU and memory limits.
+    pub cgroups: bool,
+    /// CPU quota per vCPU, in percent of one host CPU.
+    pub cpu_quota_pct: u32,
+    /// Memory the VMM may use beyond the guest's RAM, in MiB (QEMU itself, and
+    /// under TCG its translation cache).
+    pub memory_overhead_mb: u32,
+}
+
+impl Default for ConfinePolicy {
+    fn default() -> Self {
+        ConfinePolicy {
+            uid_base: 3_000_000,
+            jail_root: "/run/warren/jail".into(),
+            seccomp: true,
+            allow_spawn: false,
+            cgroups: true,
+            cpu_quota_pct: 100,
+            memory_overhead_mb: 384,
+        }
+    }
+}
+
+/// A policy and the host's cgroup hierarchy (found once).
+#[derive(Debug, Clone)]
+pub struct ConfineSetup {
+    pub policy: ConfinePolicy,
+    pub cgroups: Option<CgroupHost>,
+}
+
+impl ConfineSetup {
+    pub fn new(policy: ConfinePolicy) -> ConfineSetup {
+        let cgroups = if policy.cgroups {
+            let c = CgroupHost::detect();
+            match &c {
+                Some(h) => tracing::info!(version = h.version(), ?h, "VMM cgroups"),
+                None => tracing::warn!(
+                    "no usable cgroup hierarchy (v2 with cpu and memory, or v1 cpu and \
+                     memory): VMMs run without CPU and memory limits"
+                ),
+            }
+            c
+        } else {
+            None
+        };
+        ConfineSetup { policy, cgroups }
+    }
+
+    pub fn prepare(&self, spec: &VmSpec) -> Result<Confinement> {
+        self.policy.prepare(spec, self.cgroups.as_ref())
+    }
+
+    /// Remove workspace `id`'s jail directory and (empty) cgroup, if any are left:
+    /// a VMM adopted after a restart is not our child, so nobody saw it exit.
+    pub fn remove_leftovers(&self, id: &str) {
+        let _ = std::fs::remove_dir(self.policy.jail_root.join(id));
+        match &self.cgroups {
+            Some(CgroupHost::V2 { base }) => {
+                let _ = std::fs::remove_dir(base.join(id));
+            }
+            Some(CgroupHost::V1 { cpu, memory }) => {
+                let _ = std::fs::remove_dir(cpu.join(id));
+                let _ = std::fs::remove_dir(memory.join(id));
+            }
+            None => {}
+        }
+    }
+
+    /// The cgroup of workspace `id` (to change its limits while it runs).
+    pub fn cgroup(&self, id: &str) -> Option<VmCgroup> {
+        match self.cgroups.as_ref()? {
+            CgroupHost::V2 { base } => Some(VmCgroup {
+                version: 2,
+                dirs: vec![base.join(id)],
+            }),
+            CgroupHost::V1 { cpu, memory } => Some(VmCgroup {
+                version: 1,
+                dirs: vec![cpu.join(id), memory.join(id)],
+            }),
+        }
+        .filter(|c| c.dirs.iter().all(|d| d.is_dir()))
+    }
+}
+
+/// Which cgroup hierarchy the host has, found once at start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CgroupHost {
+    /// Unified hierarchy with the cpu and memory controllers: `base` is the directory
+    /// VMM cgroups go under.
+    V2 { base: PathBuf },
+    /// Legacy hierarchies: one directory per controller.
+    V1 { cpu: PathBuf, memory: PathBuf },
+}
+
+/// The cgroup this process is in for `controller` (`""` for the unified one), from
+/// /proc/self/cgroup.
+fn own_cgroup(text: &str, controller: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = if controller.is_empty() {
+            ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == controller)
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+impl CgroupHost {
+    /// cgroup v2 when /sys/fs/cgroup is the unified hierarchy with cpu and memory;
+    /// else v1 when its cpu and memory hierarchies are mounted; else `None`.
+    /// VMM cgroups nest under this process's own cgroup (`.../warren`), so a
+    /// service manager's accounting and limits still cover them.
+    pub fn detect() -> Option<CgroupHost> {
+        Self::detect_in(
+            Path::new("/sys/fs/cgroup"),
+            &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        )
+    }
+
+    pub fn detect_in(root: &Path, self_cgroup: &str) -> Option<CgroupHost> {
+        let rel = |p: String| p.trim_start_matches('/').to_string();
+        if let Ok(c) = std::fs::read_to_string(root.join("cgroup.controllers")) {
+            let has = |n| c.split_whitespace().any(|w| w == n);
+            if has("cpu") && has("memory") {
+                let own = own_cgroup(self_cgroup, "").map(rel).unwrap_or_default();
+                return Some(CgroupHost::V2 {
+                    base: root.join(own).join("warren"),
+                });
+            }
+            return None;
+        }
+        let cpu = root.join("cpu");
+        let memory = root.join("memory");
+        if cpu.join("cpu.cfs_quota_us").exists() && memory.join("memory.limit_in_bytes").exists() {
+            let own_cpu = own_cgroup(self_cgroup, "cpu").map(rel).unwrap_or_default();
+            let own_mem = own_cgroup(self_cgroup, "memory")
+                .map(rel)
+                .unwrap_or_default();
+            return Some(CgroupHost::V1 {
+                cpu: cpu.join(own_cpu).join("warren"),
+                memory: memory.join(own_mem).join("warren"),
+            });
+        }
+        None
+    }
+
+    pub fn version(&self) -> u8 {
+        match self {
+            CgroupHost::V2 { .. } => 2,
+            CgroupHost::V1 { .. } => 1,
+        }
+    }
+}
+
+/// One VMM's cgroup (one directory on v2, one per controller on v1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmCgroup {
+    pub version: u8,
+    pub dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(io_err(format!("write {value:?} to {}", path.display())))
+}
+
+impl VmCgroup {
+    /// Create (or reuse) the cgroup of workspace `id` under `host`.
+    pub fn create(host: &CgroupHost, id: &str) -> Result<VmCgroup> {
+        match host {
+            CgroupHost::V2 { base } => {
+                // Controllers must be enabled on every level above the VMM's cgroup.
+                if let Some(parent) = base.parent() {
+                    let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory");
+                }
+                std::fs::create_dir_all(base)
+                    .map_err(io_err(format!("create {}", base.display())))?;
+                write(&base.join("cgroup.subtree_control"), "+cpu +memory")?;
+                let dir = base.join(id);
+                std::fs::create_dir_all(&dir)
+                    .map_err(io_err(format!("create {}", dir.display())))?;
+                Ok(VmCgroup {
+                    version: 2,
+                    dirs: vec![dir],
+                })
+            }
+            CgroupHost::V1 { cpu, memory } => {
+                let mut dirs = Vec::new();
+                for base in [cpu, memory] {
+                    let dir = base.join(id);
+                    std::fs::create_dir_all(&dir)
+                        .map_err(io_err(format!("create {}", dir.display())))?;
+                    dirs.push(dir);
+                }
+                Ok(VmCgroup { version: 1, dirs })
+            }
+        }
+    }
+
+    /// Set the hard limits: `cpu_pct` percent of one host CPU, `memory_mb` MiB (and
+    /// no swap beyond it where the host accounts swap).
+    pub fn set_limits(&self, cpu_pct: u64, memory_mb: u64) -> Result<()> {
+        const PERIOD: u64 = 100_000;
+        let quota = (cpu_pct * PERIOD / 100).max(1000);
+        let bytes = (memory_mb << 20).to_string();
+        match self.version {
+            2 => {
+                let d = &self.dirs[0];
+                write(&d.join("cpu.max"), &format!("{quota} {PERIOD}"))?;
+                write(&d.join("memory.max"), &bytes)?;
+                if d.join("memory.swap.max").exists() {
+                    write(&d.join("memory.swap.max"), "0")?;
+                }
+            }
+            _ => {
+                let (c, m) = (&self.dirs[0], &self.dirs[1]);
+                write(&c.join("cpu.cfs_period_us"), &PERIOD.to_string())?;
+                write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                // memsw must never be below the memory limit: lower it after, raise it
+                // before.
+                let memsw = m.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    let _ = std::fs::write(&memsw, &bytes);
+                }
+                write(&m.join("memory.limit_in_bytes"), &bytes)?;
+                if memsw.exists() {
+                    write(&memsw, &bytes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The files a process joins the cgroup through.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Remove the cgroup (once its process has exited).
+    pub fn remove(&self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Everything one VMM is confined with.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// `None`: the VMM keeps root (it must die with its parent).
+    pub uid: Option<u32>,
+    pub jail: PathBuf,
+    pub cgroup: Option<VmCgroup>,
+    pub seccomp: bool,
+    pub allow_spawn: bool,
+}
+
+/// The lease index in a Warren tap name (`wt17` -> 17).
+fn tap_index(spec: &VmSpec) -> Option<u32> {
+    spec.net.as_ref()?.tap.strip_prefix("wt")?.parse().ok()
+}
+
+/// A stable number for a workspace id, for VMs without a lease.
+fn id_hash(id: &str) -> u32 {
+    // FNV-1a
+    id.bytes().fold(0x811c9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x01000193)
+    })
+}
+
+impl ConfinePolicy {
+    /// The uid of `spec`'s VMM: `uid_base` + its lease index (unique on the host while
+    /// the lease is held); VMs without a network get one from a hash of their id,
+    /// above the lease range.
+    pub fn uid_for(&self, spec: &VmSpec) -> u32 {
+        match tap_index(spec) {
+            Some(i) => self.uid_base + i,
+            None => self.uid_base + 0x10000 + id_hash(&spec.id) % 0x10000,
+        }
+    }
+
+    /// Create the VM's jail directory and cgroup (with its limits).
+    pub fn prepare(&self, spec: &VmSpec, cgroups: Option<&CgroupHost>) -> Result<Confinement> {
+        let jail = self.jail_root.join(&spec.id);
+        std::fs::create_dir_all(&jail).map_err(io_err(format!("create {}", jail.display())))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&jail, std::fs::Permissions::from_mode(0o555))
+                .map_err(io_err(format!("chmod {}", jail.display())))?;
+        }
+        let cgroup = match (self.cgroups, cgroups) {
+            (true, Some(host)) => {
+                let cg = VmCgroup::create(host, &spec.id)?;
+                cg.set_limits(
+                    spec.cpus as u64 * self.cpu_quota_pct as u64,
+                    spec.memory_mb as u64 + self.memory_overhead_mb as u64,
+                )?;
+                Some(cg)
+            }
+            _ => None,
+        };
+        Ok(Confinement {
+            uid: (!spec.die_with_parent).then(|| self.uid_for(spec)),
+            jail,
+            cgroup,
+            seccomp: self.seccomp,
+            allow_spawn: self.allow_spawn,
+        })
+    }
+}
+
+impl Confinement {
+    /// QEMU's own part: seccomp, chroot, uid.
+    pub fn qemu_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if self.seccomp {
+            a.push("-sandbox".into());
+            a.push(format!(
+                "on,obsolete=deny,elevateprivileges={},spawn={},resourcecontrol=deny",
+                if self.uid.is_some() { "allow" } else { "deny" },
+                if self.allow_spawn { "allow" } else { "deny" },
+            ));
+        }
+        a.push("-chroot".into());
+        a.push(self.jail.to_string_lossy().into_owned());
+        if let Some(u) = self.uid {
+            a.push("-runas".into());
+            a.push(format!("{u}:{u}"));
+        }
+        a
+    }
+
+    /// What the child does between fork and exec (see [`PreExec::run`]).
+    pub fn pre_exec(&self) -> Result<PreExec> {
+        let procs = self
+            .cgroup
+            .iter()
+            .flat_map(|c| c.procs_files())
+            .map(|p| {
+                CString::new(p.to_string_lossy().into_owned()).map_err(|e| VmmError::Io {
+                    context: "cgroup path".into(),
+                    source: std::io::Error::other(e),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PreExec { procs })
+    }
+
+    /// Remove what [`ConfinePolicy::prepare`] made, once the VMM is gone.
+    pub fn remove(&self) {
+        if let Some(c) = &self.cgroup {
+            c.remove();
+        }
+        let _ = std::fs::remove_dir(&self.jail);
+    }
+}
+
+/// The in-child part of the confinement: only async-signal-safe calls, on data
+/// prepared before fork.
+pub struct PreExec {
+    procs: Vec<CString>,
+}
+
+impl PreExec {
+    /// Join the cgroup(s) and enter a private mount namespace.
+    pub fn run(&self) -> std::io::Result<()> {
+        // This process's pid in decimal, without allocating.
+        // SAFETY: getpid has no preconditions.
+        let mut pid = unsafe { libc::getpid() } as u32;
+        let mut buf = [0u8; 12];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for p in &self.procs {
+            // SAFETY: a NUL-terminated path; the fd is closed below.
+            let fd = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: writing from a live stack buffer to our fd.
+            let n = unsafe { libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i) };
+            let err = std::io::Error::last_os_error();
+            // SAFETY: closing the fd we opened.
+            unsafe { libc::close(fd) };
+            if n < 0 {
+                return Err(err);
+            }
+        }
+        // SAFETY: plain syscalls on no memory of ours but static strings.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Nothing mounted in here reaches the host, nor the other way round.
+            let root = b"/\0";
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr().cast(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_its_own_cgroups() {
+        let v1 = "9:name=systemd:/\n4:memory:/svc/x\n1:cpu,cpuacct:/svc\n0::/";
+        assert_eq!(own_cgroup(v1, "memory").as_deref(), Some("/svc/x"));
+        assert_eq!(own_cgroup(v1, "cpu").as_deref(), Some("/svc"));
+        assert_eq!(own_cgroup(v1, "").as_deref(), Some("/"));
+        assert_eq!(own_cgroup(v1, "pids"), None);
+    }
+
+    #[test]
+    fn detects_v2_then_v1() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        assert_eq!(CgroupHost::detect_in(r, ""), None);
+        std::fs::create_dir_all(r.join("cpu")).unwrap();
+        std::fs::create_dir_all(r.join("memory")).unwrap();
+        std::fs::write(r.join("cpu/cpu.cfs_quota_us"), "-1").unwrap();
+        std::fs::write(r.join("memory/memory.limit_in_bytes"), "0").unwrap();
+        assert_eq!(
+            CgroupHost::detect_in(r, "4:memory:/a\n1:cpu:/\n"),
+            Some(CgroupHost::V1 {
+                cpu: r.join("cpu/warren"),
+                memory: r.join("memory/a/warren"),
+            })
+        );
+        // A unified hierarchy without the controllers is not usable...
+        std::fs::write(r.join("cgroup.controllers"), "pids").unwrap();
+        assert_eq!(CgroupHost::detect_in(r, "0::/"), None);
+        // ... with them it wins.
+        std::fs::write(r.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        assert_eq!(
+            CgroupHost::detect_in(r, "0::/system.slice/warren.service\n"),
+            Some(CgroupHost::V2 {
+                base: r.join("system.slice/warren.service/warren")
+            })
+        );
+    }
+
+    #[test]
+    fn v2_limits_are_written() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("warren");
+        let cg = VmCgroup::create(&CgroupHost::V2 { base: base.clone() }, "ws_a").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap(),
+            "+cpu +memory"
+        );
+        std::fs::write(cg.dirs[0].join("memory.swap.max"), "max").unwrap();
+        cg.set_limits(150, 640).unwrap();
+        let read = |f: &str| std::fs::read_to_string(cg.dirs[0].join(f)).unwrap();
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(read("memory.max"), (640u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(cg.procs_files(), [cg.dirs[0].join("cgroup.procs")]);
+    }
+
+    #[test]
+    fn qemu_flags() {
+        let c = Confinement {
+            uid: Some(3_000_007),
+            jail: "/run/warren/jail/ws_a".into(),
+            cgroup: None,
+            seccomp: true,
+            allow_spawn: false,
+        };
+        assert_eq!(
+            c.qemu_args().join(" "),
+            "-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \
+             -chroot /run/warren/jail/ws_a -runas 3000007:3000007"
+        );
+        let root = Confinement { uid: None, ..c };
+        assert!(root
+            .qemu_args()
+            .join(" ")
+            .contains("elevateprivileges=deny"));
+        assert!(!root.qemu_args().contains(&"-runas".to_string()));
+    }
+}

@@ -113,13 +113,31 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
         spec: &BootSpec,
         progress: &dyn BootProgress,
     ) -> Result<Booted, BackendError>;
-    /// Boot an existing (stopped) workspace with its disk.
+    /// Boot an existing (stopped) workspace with its disk; a workspace frozen to disk
+    /// is thawed instead.
     async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
-    /// Power off; the disk stays. Not running is not an error.
+    /// Power off; the disk stays (a frozen workspace's saved memory is dropped). Not
+    /// running is not an error.
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), BackendError>;
     /// Freeze the vCPUs, memory kept.
     async fn pause(&self, id: &str) -> Result<(), BackendError>;
     async fn resume(&self, id: &str) -> Result<(), BackendError>;
+    /// Can this backend freeze a workspace to disk ([`WorkspaceBackend::suspend`])?
+    fn can_suspend(&self) -> bool {
+        false
+    }
+    /// Freeze to disk: save memory and device state, end the VM; the disk and the
+    /// address stay. [`WorkspaceBackend::start`] thaws it with every process as it
+    /// was. On failure the VM keeps running.
+    async fn suspend(&self, id: &str) -> Result<(), BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot freeze {id} to disk"
+        )))
+    }
+    /// Is the workspace frozen to disk (and so resumable after a restart)?
+    fn is_suspended(&self, _id: &str) -> bool {
+        false
+    }
     /// Remove everything of the workspace on the node, running or not; idempotent.
     async fn remove(&self, id: &str) -> Result<(), BackendError>;
     /// After a server restart: take over the workspace's VM if it still runs.

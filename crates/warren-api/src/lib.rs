@@ -54,6 +54,10 @@ pub struct ApiConfig {
     /// How long a stopping guest may take to power off before it is killed.
     pub stop_grace: Duration,
     pub ttl_check_interval: Duration,
+    /// `POST /pause` freezes to disk (memory and device state saved, the VMM process
+    /// ends and its memory goes back to the host), as the oblien client documents;
+    /// `false`: pause only stops the vCPUs and keeps the memory resident.
+    pub pause_to_disk: bool,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +75,7 @@ impl Default for ApiConfig {
             },
             stop_grace: Duration::from_secs(5),
             ttl_check_interval: Duration::from_secs(1),
+            pause_to_disk: true,
         }
     }
 }

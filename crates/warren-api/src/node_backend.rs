@@ -290,6 +290,14 @@ impl WorkspaceBackend for NodeBackend {
         if let Some(ws) = self.get(&spec.id) {
             return Ok(booted(&ws));
         }
+        if self.node.is_suspended(&spec.id) {
+            let (ws, _report) = self
+                .node
+                .resume_suspended(&node_spec(spec))
+                .await
+                .map_err(map_err)?;
+            return Ok(self.register(ws));
+        }
         let ws = self
             .node
             .start(&node_spec(spec), &warren_images::NoProgress)
@@ -298,13 +306,39 @@ impl WorkspaceBackend for NodeBackend {
         Ok(self.register(ws))
     }
 
+    fn can_suspend(&self) -> bool {
+        true
+    }
+
+    async fn suspend(&self, id: &str) -> Result<(), BackendError> {
+        let ws = self
+            .take(id)
+            .await
+            .ok_or_else(|| BackendError::NotRunning(id.into()))?;
+        match self.node.suspend(ws).await {
+            Ok(_) => Ok(()),
+            Err((e, ws)) => {
+                // The VM goes on running: watch it again.
+                self.register(ws);
+                Err(map_err(e))
+            }
+        }
+    }
+
+    fn is_suspended(&self, id: &str) -> bool {
+        !self.is_running(id) && self.node.is_suspended(id)
+    }
+
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
         match self.take(id).await {
             Some(ws) => {
                 flush_guest(&ws).await;
                 self.node.stop(ws, grace).await.map_err(map_err)
             }
-            None => Ok(()),
+            None => {
+                self.node.discard_suspended(id);
+                Ok(())
+            }
         }
     }
 
@@ -362,6 +396,10 @@ impl WorkspaceBackend for NodeBackend {
                     .collect()
             })
             .unwrap_or_default();
+        let partial = warren_node::suspend::clean_partial_saves(&self.node.config.data_dir);
+        if !partial.is_empty() {
+            tracing::info!(?partial, "removed half-written saved states");
+        }
         let r = warren_node::reconcile::reconcile(
             &self.node.config.data_dir,
             self.node.pool(),

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod keys;
 pub mod net;
 pub mod reconcile;
+pub mod suspend;
 pub mod workspace;
 
 pub use config::NodeConfig;

@@ -102,13 +102,13 @@ pub struct WorkspaceRecord {
     pub persistent: bool,
 }
 
-fn read_record(dir: &std::path::Path) -> Option<WorkspaceRecord> {
+pub(crate) fn read_record(dir: &std::path::Path) -> Option<WorkspaceRecord> {
     std::fs::read(dir.join(RECORD_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-fn write_record(dir: &std::path::Path, rec: &WorkspaceRecord) -> Result<()> {
+pub(crate) fn write_record(dir: &std::path::Path, rec: &WorkspaceRecord) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(".workspace.json.tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -134,12 +134,12 @@ pub struct RunningWorkspace {
     pub vm: Box<dyn Vm>,
     pub control: ControlChannel,
     pub events: Mutex<mpsc::UnboundedReceiver<GuestMessage>>,
-    lease: Lease,
-    net: WorkspaceNet,
+    pub(crate) lease: Lease,
+    pub(crate) net: WorkspaceNet,
 }
 
 /// A running workspace's network policy and its DNS resolver (stopped on drop).
-struct WorkspaceNet {
+pub(crate) struct WorkspaceNet {
     policy: std::sync::Mutex<NetworkPolicy>,
     compiled: Arc<std::sync::RwLock<Compiled>>,
     _resolver: Option<Resolver>,
@@ -249,6 +249,11 @@ impl Node {
         &self.pool
     }
 
+    /// The VMM engine (for saved-state restores in [`crate::suspend`]).
+    pub(crate) fn engine(&self) -> &Arc<dyn Vmm> {
+        &self.vmm
+    }
+
     /// Check a spec against the node's limits before anything is allocated.
     pub fn validate(&self, spec: &WorkspaceSpec) -> Result<()> {
         let c = &self.config;
@@ -287,7 +292,7 @@ impl Node {
 
     /// Apply a workspace's policy to its tap and start its DNS resolver: before the VM
     /// runs, so the guest is never unfiltered.
-    fn attach_network(
+    pub(crate) fn attach_network(
         &self,
         id: &str,
         lease: &Lease,
@@ -597,7 +602,7 @@ impl Node {
         })
     }
 
-    fn vm_spec(
+    pub(crate) fn vm_spec(
         &self,
         id: &str,
         spec: &WorkspaceSpec,
@@ -641,6 +646,7 @@ impl Node {
             accel: self.accel,
             acpi: assets.needs_acpi,
             die_with_parent: spec.die_with_owner,
+            memory_file: None,
         }
     }
 
@@ -771,7 +777,9 @@ async fn power_off(ws: &RunningWorkspace, grace: Duration) -> Result<()> {
     Ok(())
 }
 
-async fn wait_ready(events: &mut mpsc::UnboundedReceiver<GuestMessage>) -> Result<BootTimings> {
+pub(crate) async fn wait_ready(
+    events: &mut mpsc::UnboundedReceiver<GuestMessage>,
+) -> Result<BootTimings> {
     while let Some(m) = events.recv().await {
         match m {
             GuestMessage::Ready { timings } => return Ok(timings),
@@ -840,17 +848,17 @@ fn prepare_guest(cfg: &NodeConfig) -> Result<GuestAssets> {
 
 /// Releases what a failed boot allocated (a fresh workspace's directory and address;
 /// always the tap).
-struct Cleanup<'a> {
-    pool: &'a NetPool,
-    run_dir: Option<PathBuf>,
-    lease: Option<crate::net::LeaseRecord>,
-    tap: Option<String>,
+pub(crate) struct Cleanup<'a> {
+    pub(crate) pool: &'a NetPool,
+    pub(crate) run_dir: Option<PathBuf>,
+    pub(crate) lease: Option<crate::net::LeaseRecord>,
+    pub(crate) tap: Option<String>,
     /// Lease index whose firewall rules to remove.
-    rules: Option<u32>,
+    pub(crate) rules: Option<u32>,
 }
 
 impl Cleanup<'_> {
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.run_dir = None;
         self.lease = None;
         self.tap = None;
@@ -877,7 +885,7 @@ impl Drop for Cleanup<'_> {
 }
 
 /// Kills a VM whose boot failed before it is dropped.
-struct KillOnDrop<'a>(Option<&'a dyn Vm>);
+pub(crate) struct KillOnDrop<'a>(pub(crate) Option<&'a dyn Vm>);
 
 impl Drop for KillOnDrop<'_> {
     fn drop(&mut self) {
@@ -891,7 +899,12 @@ impl Drop for KillOnDrop<'_> {
     }
 }
 
-fn write_owner(dir: &std::path::Path, id: &str, vmm_pid: Option<u32>, idx: u32) -> Result<()> {
+pub(crate) fn write_owner(
+    dir: &std::path::Path,
+    id: &str,
+    vmm_pid: Option<u32>,
+    idx: u32,
+) -> Result<()> {
     let rec = OwnerRecord {
         workspace_id: id.into(),
         owner_pid: std::process::id(),
@@ -908,7 +921,7 @@ fn write_owner(dir: &std::path::Path, id: &str, vmm_pid: Option<u32>, idx: u32) 
 /// Create a workspace's run directory with its owner record already inside, so no
 /// other process's reconcile ever sees it without an owner: build it under a
 /// dot-name and rename it into place.
-fn create_run_dir(run_dir: &std::path::Path, id: &str) -> Result<()> {
+pub(crate) fn create_run_dir(run_dir: &std::path::Path, id: &str) -> Result<()> {
     let parent = run_dir.parent().unwrap_or(run_dir);
     std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
     let tmp = parent.join(format!(".new-{id}-{}", std::process::id()));
@@ -925,13 +938,13 @@ fn create_run_dir(run_dir: &std::path::Path, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_owner(dir: &std::path::Path) -> Option<OwnerRecord> {
+pub(crate) fn read_owner(dir: &std::path::Path) -> Option<OwnerRecord> {
     std::fs::read(dir.join(OWNER_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-fn tail(p: &std::path::Path) -> String {
+pub(crate) fn tail(p: &std::path::Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let start = s.len().saturating_sub(1500);
     let t = s.get(start..).unwrap_or("").trim();

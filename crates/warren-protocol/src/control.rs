@@ -185,6 +185,15 @@ pub enum HostMessage {
     },
     /// Sync filesystems and power off.
     Shutdown,
+    /// The VM was just restored from saved state (resume from disk, a snapshot): time
+    /// went on outside it and its RNG state may be shared with other copies. The agent
+    /// steps the clock to `clock_unix_ns` and reseeds its RNG with `entropy_hex`. The
+    /// host follows it with a `Ping` and takes the `Pong` as "applied".
+    Resume {
+        clock_unix_ns: u64,
+        #[serde(default)]
+        entropy_hex: String,
+    },
 }
 
 /// Encode one message as a line.

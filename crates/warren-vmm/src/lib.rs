@@ -63,6 +63,18 @@ pub struct NetSpec {
     pub mac: String,
 }
 
+/// Guest RAM backed by a file instead of anonymous memory (templates and their
+/// clones, see `warren_node::template`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryFile {
+    /// The file (on tmpfs, e.g. /dev/shm) holding guest RAM.
+    pub path: PathBuf,
+    /// `true`: writes go to the file (the template being built). `false`: the file is
+    /// mapped private copy-on-write: the clone reads the template's pages lazily and its
+    /// writes stay its own; the file never changes.
+    pub shared: bool,
+}
+
 /// Everything an engine needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -88,6 +100,10 @@ pub struct VmSpec {
     pub acpi: bool,
     /// Kill the VMM when the process that started it dies (standalone `warren run`).
     pub die_with_parent: bool,
+    /// Guest RAM from a file; `None`: anonymous memory. With a file, snapshots leave
+    /// its RAM out (QEMU's `x-ignore-shared`): they hold device state only, and a
+    /// restore must map the same file.
+    pub memory_file: Option<MemoryFile>,
 }
 
 /// How a VM ended.
@@ -121,7 +137,7 @@ pub trait Vm: Send + Sync {
     async fn pause(&self) -> Result<()>;
     async fn resume(&self) -> Result<()>;
     /// Save memory and device state to `path` (the VM is paused while saving and stays
-    /// paused after).
+    /// paused after). The VMM never opens the path itself: it gets an open fd.
     async fn snapshot(&self, path: &std::path::Path) -> Result<()>;
     /// Ask the VMM to exit now (no guest cooperation).
     async fn kill(&self) -> Result<()>;

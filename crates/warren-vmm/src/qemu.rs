@@ -168,7 +168,12 @@ impl QemuVmm {
             }
             let _ = tx.send(Some(exit));
         });
-        Ok(QemuVm { pid, qmp, exit: rx })
+        Ok(QemuVm {
+            pid,
+            qmp,
+            exit: rx,
+            ignore_shared: spec.memory_file.is_some(),
+        })
     }
 }
 
@@ -183,33 +188,47 @@ impl Vmm for QemuVmm {
     }
 
     async fn restore(&self, spec: &VmSpec, snapshot: &Path) -> Result<Box<dyn Vm>> {
-        if !snapshot.is_file() {
-            return Err(VmmError::Missing {
+        // Opened here and handed over as an fd: the VMM needs no shell (`exec:cat`)
+        // and no access to the path (it may run confined).
+        let file = std::fs::File::open(snapshot).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VmmError::Missing {
                 what: "snapshot",
                 path: snapshot.to_path_buf(),
-            });
-        }
+            },
+            _ => io_err(format!("open {}", snapshot.display()))(e),
+        })?;
         let vm = self.spawn(spec, true).await?;
-        let uri = format!("exec:cat {}", shell_quote(snapshot)?);
+        if spec.memory_file.is_some() {
+            set_ignore_shared(&vm.qmp).await?;
+        }
+        use std::os::fd::AsFd;
+        vm.qmp.send_fd("warren-in", file.as_fd()).await?;
+        drop(file);
         vm.qmp
-            .execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .execute("migrate-incoming", Some(json!({ "uri": "fd:warren-in" })))
             .await?;
         // The destination leaves `inmigrate` once the state is loaded.
         loop {
             let st = vm.qmp.execute("query-status", None).await?;
             let status = st.get("status").and_then(|s| s.as_str()).unwrap_or("");
             match status {
-                "inmigrate" => tokio::time::sleep(Duration::from_millis(2)).await,
+                "inmigrate" => tokio::time::sleep(Duration::from_millis(1)).await,
                 "running" => break,
-                "paused" | "postmigrate" | "prelaunch" => {
+                "paused" | "postmigrate" | "prelaunch" | "restore-vm" => {
+                    if status == "restore-vm" {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
                     vm.qmp.execute("cont", None).await?;
                     break;
                 }
                 other => {
+                    let _ = vm.kill().await;
                     return Err(VmmError::Qmp(format!(
-                        "restore from {} ended in state {other}",
-                        snapshot.display()
-                    )))
+                        "restore from {} ended in state {other}; VMM log: {}",
+                        snapshot.display(),
+                        tail(&spec.run_dir.join("vmm.log"), 1000)
+                    )));
                 }
             }
         }
@@ -223,6 +242,7 @@ impl Vmm for QemuVmm {
             pid: Some(pid),
             qmp,
             exit,
+            ignore_shared: spec.memory_file.is_some(),
         }))
     }
 }
@@ -259,6 +279,18 @@ pub struct QemuVm {
     pid: Option<u32>,
     qmp: Qmp,
     exit: watch::Receiver<Option<VmExit>>,
+    /// RAM is a file: snapshots leave it out.
+    ignore_shared: bool,
+}
+
+/// Leave file-backed (shared) RAM out of the migration stream, on both ends.
+async fn set_ignore_shared(qmp: &Qmp) -> Result<()> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": true } ] })),
+    )
+    .await
+    .map(|_| ())
 }
 
 #[async_trait]
@@ -276,15 +308,32 @@ impl Vm for QemuVm {
     }
 
     async fn snapshot(&self, path: &Path) -> Result<()> {
+        use std::os::fd::AsFd;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io_err(format!("create {}", path.display())))?;
         self.qmp.execute("stop", None).await?;
-        let uri = format!("exec:cat > {}", shell_quote(path)?);
+        if self.ignore_shared {
+            set_ignore_shared(&self.qmp).await?;
+        }
+        // No throttling: the guest is stopped, the file is local.
         self.qmp
-            .execute("migrate", Some(json!({ "uri": uri })))
+            .execute(
+                "migrate-set-parameters",
+                Some(json!({ "max-bandwidth": 64u64 << 30 })),
+            )
+            .await?;
+        self.qmp.send_fd("warren-out", file.as_fd()).await?;
+        self.qmp
+            .execute("migrate", Some(json!({ "uri": "fd:warren-out" })))
             .await?;
         loop {
             let st = self.qmp.execute("query-migrate", None).await?;
             match st.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-                "completed" => return Ok(()),
+                "completed" => break,
                 "failed" | "cancelled" => {
                     let why = st
                         .get("error-desc")
@@ -292,9 +341,11 @@ impl Vm for QemuVm {
                         .unwrap_or("no reason given");
                     return Err(VmmError::Qmp(format!("snapshot failed: {why}")));
                 }
-                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+                _ => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
+        file.sync_all()
+            .map_err(io_err(format!("sync {}", path.display())))
     }
 
     async fn kill(&self) -> Result<()> {
@@ -332,9 +383,24 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("warren-{},debug-threads=on", spec.id)]);
     let acpi = if spec.acpi { "on" } else { "off" };
+    let mem_backend = match &spec.memory_file {
+        Some(m) => {
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                    spec.memory_mb,
+                    m.path.to_string_lossy(),
+                    if m.shared { "on" } else { "off" }
+                ),
+            ]);
+            ",memory-backend=mem"
+        }
+        None => "",
+    };
     push(&[
         "-M",
-        &format!("microvm,x-option-roms=off,isa-serial=on,rtc=on,pic=off,acpi={acpi}"),
+        &format!("microvm,x-option-roms=off,isa-serial=on,rtc=on,pic=off,acpi={acpi}{mem_backend}"),
     ]);
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
@@ -380,6 +446,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         );
         if d.read_only {
             drive.push_str(",readonly=on");
+        } else {
+            // Keep the file open read-write for the VM's whole life. With QEMU's
+            // default (auto-read-only) the file is reopened by name when a migration
+            // stops writes (saving state) or starts them (restoring): a confined VMM,
+            // chrooted, can no longer open it by name.
+            drive.push_str(",file.auto-read-only=off");
         }
         push(&[
             "-drive",
@@ -408,14 +480,6 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
     ]);
     a
-}
-
-fn shell_quote(p: &Path) -> Result<String> {
-    let s = p.to_string_lossy();
-    if s.contains('\'') {
-        return Err(VmmError::Qmp(format!("path {s} contains a quote")));
-    }
-    Ok(format!("'{s}'"))
 }
 
 fn tail(path: &Path, max: usize) -> String {
@@ -460,6 +524,7 @@ mod tests {
             accel: Accel::Tcg,
             acpi: true,
             die_with_parent: false,
+            memory_file: None,
         }
     }
 

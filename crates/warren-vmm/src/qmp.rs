@@ -43,6 +43,34 @@ impl Qmp {
 
     /// Run one command and return its `return` value.
     pub async fn execute(&self, cmd: &str, args: Option<Value>) -> Result<Value> {
+        self.execute_inner(cmd, args, None).await
+    }
+
+    /// Run one command with a file descriptor attached (SCM_RIGHTS), as `getfd` and
+    /// `add-fd` expect. This is how a confined VMM (no shell, no view of our paths)
+    /// gets migration streams: `getfd` names the fd, `migrate fd:NAME` uses it.
+    pub async fn execute_with_fd(
+        &self,
+        cmd: &str,
+        args: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value> {
+        self.execute_inner(cmd, args, Some(fd)).await
+    }
+
+    /// Hand `fd` to the VMM under `name` (QMP `getfd`); it keeps its own copy.
+    pub async fn send_fd(&self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        self.execute_with_fd("getfd", Some(json!({ "fdname": name })), fd)
+            .await
+            .map(|_| ())
+    }
+
+    async fn execute_inner(
+        &self,
+        cmd: &str,
+        args: Option<Value>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Value> {
         let mut c = self.inner.lock().await;
         let id = c.next_id;
         c.next_id += 1;
@@ -52,10 +80,37 @@ impl Qmp {
         }
         let mut line = msg.to_string();
         line.push('\n');
-        c.writer
-            .write_all(line.as_bytes())
-            .await
-            .map_err(io_err("write QMP command"))?;
+        match fd {
+            None => c
+                .writer
+                .write_all(line.as_bytes())
+                .await
+                .map_err(io_err("write QMP command"))?,
+            Some(fd) => {
+                let stream: &UnixStream = c.writer.as_ref();
+                loop {
+                    stream
+                        .writable()
+                        .await
+                        .map_err(io_err("write QMP command"))?;
+                    match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                        send_with_fd(stream, line.as_bytes(), fd)
+                    }) {
+                        Ok(n) if n == line.len() => break,
+                        Ok(n) => {
+                            // The fd went with the first byte; the rest is plain data.
+                            c.writer
+                                .write_all(&line.as_bytes()[n..])
+                                .await
+                                .map_err(io_err("write QMP command"))?;
+                            break;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(io_err("send fd over QMP")(e)),
+                    }
+                }
+            }
+        }
         loop {
             let v = c.read_msg().await?;
             if v.get("event").is_some() {
@@ -74,6 +129,46 @@ impl Qmp {
             }
             return Ok(v.get("return").cloned().unwrap_or(Value::Null));
         }
+    }
+}
+
+/// One `sendmsg` of `data` carrying `fd` as SCM_RIGHTS ancillary data.
+fn send_with_fd(
+    stream: &UnixStream,
+    data: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&cbuf));
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `cbuf`, which is large enough for one cmsghdr with
+    // one int (checked above); CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+    let n = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, raw);
+        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

@@ -219,6 +219,8 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
             msg = next_message(&mut rx) => match msg {
                 HostMessage::Boot { config } => break config,
                 HostMessage::Ping { id } => tx.send(&GuestMessage::Pong { id }),
+                // A template restored into a clone: its Boot follows and sets both.
+                HostMessage::Resume { .. } => {}
                 HostMessage::Shutdown => shutdown::poweroff(&tx, None, "asked by the host").await,
             },
             name = signals.recv() => shutdown::poweroff(&tx, None, name).await,
@@ -310,6 +312,9 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                     shutdown::poweroff(&tx, data_fd.as_ref(), "asked by the host").await
                 }
                 HostMessage::Boot { .. } => tracing::warn!("ignoring a second boot config"),
+                HostMessage::Resume { clock_unix_ns, entropy_hex } => {
+                    system::resumed(clock_unix_ns, &entropy_hex)
+                }
             },
             name = signals.recv() => shutdown::poweroff(&tx, data_fd.as_ref(), name).await,
         }

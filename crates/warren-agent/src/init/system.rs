@@ -7,6 +7,8 @@ use std::path::Path;
 
 /// `RNDADDENTROPY` = `_IOW('R', 0x03, int[2])`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG` = `_IO('R', 0x07)`: reseed the CRNG from the pool now.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 /// Set CLOCK_REALTIME to `unix_ns`.
 pub fn set_clock(unix_ns: u64) -> Result<(), String> {
@@ -16,6 +18,17 @@ pub fn set_clock(unix_ns: u64) -> Result<(), String> {
     let ts = nix::sys::time::TimeSpec::new(secs, nanos);
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
         .map_err(|e| format!("clock_settime: {e}"))
+}
+
+/// After a restore from saved state: step the clock, reseed the RNG.
+pub fn resumed(clock_unix_ns: u64, entropy_hex: &str) {
+    if let Err(e) = set_clock(clock_unix_ns) {
+        tracing::warn!("resume: {e}");
+    }
+    if let Err(e) = add_entropy(entropy_hex) {
+        tracing::warn!("resume: entropy: {e}");
+    }
+    tracing::info!("restored from saved state: clock stepped, RNG reseeded");
 }
 
 /// Decode hex (case-insensitive, whitespace ignored).
@@ -62,6 +75,13 @@ pub fn add_entropy(entropy_hex: &str) -> Result<usize, String> {
         // Not credited, but still mixed in.
         f.write_all(&bytes)
             .map_err(|e| format!("write /dev/urandom: {e}"))?;
+    }
+    // Reseed now: a VM restored from a template or a snapshot shares its CRNG state
+    // with every other copy until the kernel reseeds on its own schedule.
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) };
+    if r < 0 {
+        tracing::debug!("RNDRESEEDCRNG: {}", std::io::Error::last_os_error());
     }
     Ok(bytes.len())
 }

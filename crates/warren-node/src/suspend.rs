@@ -1,0 +1,429 @@
+//! Pause to disk ("freeze"): the VM's memory and device state are saved to a file in
+//! its run directory, the VMM process ends (its memory goes back to the host), and a
+//! later resume starts a new VMM from that file with the same disk, address and tap.
+//!
+//! Files in `workspaces/<id>/`:
+//! * `memory.state`: the saved VM (QEMU's migration stream, written through an fd
+//!   handed to the VMM, so a confined VMM needs no access to the path);
+//! * `suspended.json`: what the restore needs to rebuild an identical VM (the same
+//!   kernel, initramfs, image file, vCPUs and memory: a migration stream only loads
+//!   into the machine it came from) and the tap's MAC address.
+//!
+//! The record is written after the state file is complete and synced, so a crash in
+//! the middle leaves either a full pair or a `*.tmp` that [`clean_partial_saves`]
+//! removes; resuming deletes both files once the VM runs again, so stale memory is
+//! never restored twice.
+
+use crate::workspace::{
+    read_record, tail, write_owner, Cleanup, KillOnDrop, Node, RunningWorkspace, WorkspaceSpec,
+};
+use crate::{io_err, NodeError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+use warren_protocol::control::{GuestMessage, HostMessage};
+use warren_vmm::{DiskSpec, NetSpec, VmSpec};
+
+pub const STATE_FILE: &str = "memory.state";
+pub const SUSPEND_FILE: &str = "suspended.json";
+const STATE_TMP: &str = ".memory.state.tmp";
+
+/// What a frozen VM was, so it can be rebuilt exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuspendRecord {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub acpi: bool,
+    pub disks: Vec<SavedDisk>,
+    pub mac: String,
+    /// The host end's MAC: the guest's ARP cache still holds it after the restore.
+    pub tap_mac: Option<String>,
+    pub saved_at_unix_ms: u64,
+    pub state_bytes: u64,
+    pub save_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedDisk {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: String,
+    pub format: String,
+}
+
+/// How a freeze went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuspendReport {
+    pub state_bytes: u64,
+    pub save_ms: f64,
+    pub total_ms: f64,
+}
+
+/// How a thaw went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeReport {
+    /// Spawning the VMM and loading the state until the guest runs.
+    pub restore_ms: f64,
+    /// Until the agent answered on the control channel.
+    pub agent_ms: f64,
+    pub total_ms: f64,
+}
+
+fn read_suspend(dir: &Path) -> Option<SuspendRecord> {
+    std::fs::read(dir.join(SUSPEND_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Remove half-written state files (a crash while saving) under `data_dir`, and state
+/// files with no record (a crash between the two writes). Returns what was removed.
+pub fn clean_partial_saves(data_dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(data_dir.join("workspaces")) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let dir = e.path();
+        let tmp = dir.join(STATE_TMP);
+        if tmp.exists() && std::fs::remove_file(&tmp).is_ok() {
+            removed.push(tmp);
+        }
+        let state = dir.join(STATE_FILE);
+        if state.exists()
+            && !dir.join(SUSPEND_FILE).exists()
+            && std::fs::remove_file(&state).is_ok()
+        {
+            removed.push(state);
+        }
+    }
+    removed
+}
+
+/// The tap's current MAC address.
+fn tap_mac(tap: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/class/net/{tap}/address"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn set_tap_mac(tap: &str, mac: &str) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", "dev", tap, "address", mac])
+        .output()
+        .map_err(io_err("run ip"))?;
+    if !out.status.success() {
+        return Err(NodeError::Network(format!(
+            "ip link set {tap} address {mac}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Is `id` frozen to disk on this node?
+    pub fn is_suspended(&self, id: &str) -> bool {
+        let dir = self.workspace_dir(id);
+        dir.join(STATE_FILE).is_file() && dir.join(SUSPEND_FILE).is_file()
+    }
+
+    /// Drop a frozen workspace's saved memory (it will boot cold next time).
+    pub fn discard_suspended(&self, id: &str) {
+        let dir = self.workspace_dir(id);
+        for f in [SUSPEND_FILE, STATE_FILE, STATE_TMP] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    }
+
+    /// Freeze a running (or memory-paused) workspace to disk and end its VMM. The disk
+    /// and the address stay reserved. On a failed save the VM keeps running and is
+    /// handed back with the error.
+    pub async fn suspend(
+        &self,
+        ws: RunningWorkspace,
+    ) -> std::result::Result<SuspendReport, (NodeError, RunningWorkspace)> {
+        let span = tracing::info_span!("workspace", workspace_id = %ws.id);
+        async {
+            let t0 = Instant::now();
+            let mut report = match self.save_state(&ws).await {
+                Ok(r) => r,
+                Err(e) => return Err((e, ws)),
+            };
+            // The state is safe: end the VMM and give its host resources back.
+            if let Err(e) = self.release_frozen(ws).await {
+                tracing::warn!(error = %e, "releasing the frozen VM");
+            }
+            report.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(?report, "workspace frozen to disk");
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn release_frozen(&self, ws: RunningWorkspace) -> Result<()> {
+        ws.vm.kill().await?;
+        crate::net::delete_tap(&ws.lease.record.tap);
+        self.pool().remove_rules(ws.lease.record.index);
+        for f in ["agent.sock", "qmp.sock"] {
+            let _ = std::fs::remove_file(ws.run_dir.join(f));
+        }
+        write_owner(&ws.run_dir, &ws.id, None, ws.lease.record.index)
+    }
+
+    async fn save_state(&self, ws: &RunningWorkspace) -> Result<SuspendReport> {
+        let dir = ws.run_dir.clone();
+        let assets = self.guest_assets().await?.clone();
+        let spec = self.vm_spec(
+            &ws.id,
+            &WorkspaceSpec {
+                id: Some(ws.id.clone()),
+                ..WorkspaceSpec::default()
+            },
+            &ws.image,
+            &assets,
+            &ws.lease,
+        );
+        let tmp = dir.join(STATE_TMP);
+        let t = Instant::now();
+        if let Err(e) = ws.vm.snapshot(&tmp).await {
+            let _ = std::fs::remove_file(&tmp);
+            // The save stopped the vCPUs: let the guest go on as it was.
+            let _ = ws.vm.resume().await;
+            return Err(e.into());
+        }
+        let save_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let state_bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+        let vm_pid = ws.vm.pid();
+        let record = SuspendRecord {
+            kernel: spec.kernel.clone(),
+            initramfs: spec.initramfs.clone(),
+            cmdline: spec.cmdline.clone(),
+            cpus: self.vm_cpus(vm_pid).unwrap_or(1),
+            memory_mb: self.vm_memory_mb(vm_pid).unwrap_or(256),
+            acpi: spec.acpi,
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| SavedDisk {
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                    serial: d.serial.clone(),
+                    format: d.format.clone(),
+                })
+                .collect(),
+            mac: ws.lease.mac.clone(),
+            tap_mac: tap_mac(&ws.lease.record.tap),
+            saved_at_unix_ms: now_unix_ns() / 1_000_000,
+            state_bytes,
+            save_ms,
+        };
+        std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io_err("keep the saved state"))?;
+        let rtmp = dir.join(".suspended.json.tmp");
+        std::fs::write(
+            &rtmp,
+            serde_json::to_vec_pretty(&record).unwrap_or_default(),
+        )
+        .map_err(io_err("write the suspend record"))?;
+        std::fs::File::open(&rtmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("sync the suspend record"))?;
+        std::fs::rename(&rtmp, dir.join(SUSPEND_FILE))
+            .map_err(io_err("write the suspend record"))?;
+
+        Ok(SuspendReport {
+            state_bytes,
+            save_ms,
+            total_ms: 0.0,
+        })
+    }
+
+    /// vCPUs and memory of the running VMM, from its command line (the spec it was
+    /// booted with; the API's row may have been resized since).
+    fn vm_cpus(&self, pid: Option<u32>) -> Option<u32> {
+        qemu_arg(pid?, "-smp")?.parse().ok()
+    }
+
+    fn vm_memory_mb(&self, pid: Option<u32>) -> Option<u32> {
+        qemu_arg(pid?, "-m")?.parse().ok()
+    }
+
+    /// Thaw a workspace frozen by [`Node::suspend`]: the same VM, every process and
+    /// file as it was. `spec` gives the network policy (and the persistence).
+    pub async fn resume_suspended(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<(RunningWorkspace, ResumeReport)> {
+        let id = spec.id.clone().ok_or(NodeError::Invalid {
+            field: "id",
+            reason: "resume needs the workspace id".into(),
+        })?;
+        let span = tracing::info_span!("workspace", workspace_id = %id);
+        self.resume_inner(id, spec).instrument(span).await
+    }
+
+    async fn resume_inner(
+        &self,
+        id: String,
+        spec: &WorkspaceSpec,
+    ) -> Result<(RunningWorkspace, ResumeReport)> {
+        let t0 = Instant::now();
+        let dir = self.workspace_dir(&id);
+        let (Some(rec), Some(saved)) = (read_record(&dir), read_suspend(&dir)) else {
+            return Err(NodeError::Invalid {
+                field: "id",
+                reason: format!("workspace {id} is not frozen on this node"),
+            });
+        };
+        let image = self
+            .images()
+            .resolve(&spec.image, &warren_images::NoProgress)
+            .await?;
+        let mut cleanup = Cleanup {
+            pool: self.pool(),
+            run_dir: None,
+            lease: None,
+            tap: None,
+            rules: None,
+        };
+        let lease = self
+            .pool()
+            .reserve(&id, Some(rec.lease_index), spec.persistent)?;
+        if lease.record.index != rec.lease_index || lease.mac != saved.mac {
+            // The guest's network configuration lives in the saved memory.
+            self.pool().release(&lease.record);
+            return Err(NodeError::Network(format!(
+                "the address of {id} was taken while it was frozen; stop and start it instead"
+            )));
+        }
+        if !spec.persistent {
+            cleanup.lease = Some(lease.record.clone());
+        }
+        self.pool().create_tap(&lease)?;
+        cleanup.tap = Some(lease.record.tap.clone());
+        cleanup.rules = Some(lease.record.index);
+        if let Some(mac) = &saved.tap_mac {
+            set_tap_mac(&lease.record.tap, mac)?;
+        }
+        let net = self.attach_network(&id, &lease, &spec.network)?;
+
+        let vm_spec = VmSpec {
+            id: id.clone(),
+            run_dir: dir.clone(),
+            kernel: saved.kernel.clone(),
+            initramfs: saved.initramfs.clone(),
+            cmdline: saved.cmdline.clone(),
+            cpus: saved.cpus,
+            memory_mb: saved.memory_mb,
+            disks: saved
+                .disks
+                .iter()
+                .map(|d| DiskSpec {
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                    serial: d.serial.clone(),
+                    format: d.format.clone(),
+                })
+                .collect(),
+            net: Some(NetSpec {
+                tap: lease.record.tap.clone(),
+                mac: lease.mac.clone(),
+            }),
+            control_socket: dir.join("agent.sock"),
+            console_log: dir.join("console.log"),
+            accel: self.accel().0,
+            acpi: saved.acpi,
+            die_with_parent: spec.die_with_owner,
+            memory_file: None,
+        };
+        let t = Instant::now();
+        let vm = self
+            .engine()
+            .restore(&vm_spec, &dir.join(STATE_FILE))
+            .await?;
+        let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+        write_owner(&dir, &id, vm.pid(), lease.record.index)?;
+        let mut killer = KillOnDrop(Some(&*vm));
+        let (control, mut events) =
+            crate::control::ControlChannel::connect(&vm_spec.control_socket, &id, vm.pid()).await?;
+        let t = Instant::now();
+        control
+            .send(&HostMessage::Resume {
+                clock_unix_ns: now_unix_ns(),
+                entropy_hex: crate::workspace::random_hex(64),
+            })
+            .await?;
+        control.send(&HostMessage::Ping { id: 1 }).await?;
+        let timeout = Duration::from_secs(self.config.boot_timeout_secs);
+        let answered = tokio::time::timeout(timeout, async {
+            while let Some(m) = events.recv().await {
+                if m == (GuestMessage::Pong { id: 1 }) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if !matches!(answered, Ok(true)) {
+            return Err(NodeError::Boot(format!(
+                "the restored agent did not answer; boot log: {}",
+                tail(&vm_spec.console_log)
+            )));
+        }
+        let agent_ms = t.elapsed().as_secs_f64() * 1000.0;
+        killer.0 = None;
+        drop(killer);
+        // The VM runs again: its saved memory is stale from now on.
+        self.discard_suspended(&id);
+        cleanup.disarm();
+        let report = ResumeReport {
+            restore_ms,
+            agent_ms,
+            total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        };
+        tracing::info!(?report, "workspace thawed from disk");
+        let ws = RunningWorkspace {
+            id,
+            image,
+            guest_ip: lease.guest_ip,
+            api_token: rec.api_token,
+            run_dir: dir,
+            report: crate::workspace::BootReport {
+                accel: self.accel().0.to_string(),
+                engine: self.engine().name().into(),
+                vmm_start_ms: restore_ms,
+                total_ms: report.total_ms,
+                ..Default::default()
+            },
+            vm,
+            control,
+            events: Mutex::new(events),
+            lease,
+            net,
+        };
+        Ok((ws, report))
+    }
+}
+
+/// The value after `flag` on a VMM's command line.
+fn qemu_arg(pid: u32, flag: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
+}

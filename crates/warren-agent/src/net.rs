@@ -14,6 +14,7 @@ const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
 const SIOCSIFADDR: libc::c_ulong = 0x8916;
 const SIOCSIFNETMASK: libc::c_ulong = 0x891C;
 const SIOCSIFMTU: libc::c_ulong = 0x8922;
+const SIOCSIFHWADDR: libc::c_ulong = 0x8924;
 const RTF_UP: u16 = 0x0001;
 const RTF_GATEWAY: u16 = 0x0002;
 const RTF_HOST: u16 = 0x0004;
@@ -150,6 +151,40 @@ pub fn find_interface(class_dir: &Path, mac: &str) -> Option<String> {
     })
 }
 
+/// The one ethernet interface (type 1, not loopback) under `class_dir`, if exactly one.
+pub fn only_ethernet(class_dir: &Path) -> Option<String> {
+    let eth: Vec<String> = std::fs::read_dir(class_dir)
+        .ok()?
+        .flatten()
+        .filter(|de| {
+            std::fs::read_to_string(de.path().join("type")).is_ok_and(|t| t.trim() == "1")
+                && de.file_name() != "lo"
+        })
+        .map(|de| de.file_name().to_string_lossy().into_owned())
+        .collect();
+    (eth.len() == 1).then(|| eth[0].clone())
+}
+
+/// Give `dev` the MAC address `mac` (`aa:bb:cc:dd:ee:ff`).
+fn set_mac(dev: &str, mac: &str) -> Result<(), NetError> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    if bytes.len() != 6 {
+        return Err(NetError::Invalid {
+            what: "mac",
+            value: mac.to_string(),
+        });
+    }
+    let sock = Sock::new()?;
+    let mut r = IfReq::new(dev);
+    // struct sockaddr { sa_family_t sa_family = ARPHRD_ETHER; char sa_data[14]; }
+    r.data[..2].copy_from_slice(&1u16.to_ne_bytes());
+    r.data[2..8].copy_from_slice(&bytes);
+    sock.ioctl(SIOCSIFHWADDR, &mut r, "SIOCSIFHWADDR", dev)
+}
+
 fn parse_ip(what: &'static str, v: &str) -> Result<Ipv4Addr, NetError> {
     v.trim().parse().map_err(|_| NetError::Invalid {
         what,
@@ -213,6 +248,11 @@ pub fn configure(cfg: &NetworkConfig, wait: Duration) -> Result<String, NetError
     }
     let class = Path::new("/sys/class/net");
     let start = Instant::now();
+    if cfg.set_mac && find_interface(class, &cfg.mac).is_none() {
+        if let Some(dev) = only_ethernet(class) {
+            set_mac(&dev, &cfg.mac)?;
+        }
+    }
     let dev = loop {
         if let Some(d) = find_interface(class, &cfg.mac) {
             break d;

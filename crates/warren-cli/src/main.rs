@@ -62,6 +62,10 @@ pub struct NodeArgs {
     /// without it no encrypted disk can be opened.
     #[arg(long, env = "WARREN_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Start workspaces from a booted template of their image (true), or always boot
+    /// cold (false).
+    #[arg(long, env = "WARREN_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub templates: bool,
 }
 
 impl NodeArgs {
@@ -76,6 +80,7 @@ impl NodeArgs {
             dns_upstream: self.dns_upstream.clone(),
             uplink: self.uplink.clone(),
             master_key_file: self.master_key_file.clone(),
+            templates: self.templates,
             ..NodeConfig::default()
         };
         if let Some(a) = &self.agent {

@@ -347,3 +347,102 @@ async fn files_and_processes_survive_five_freezes_to_disk_and_a_server_restart()
     assert!(!dir.exists(), "run directory left after delete");
     assert!(vmm_gone(&id));
 }
+
+/// The VMM command line of workspace `id`.
+fn vmm_cmdline(id: &str) -> Option<String> {
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let c = std::fs::read(e.path().join("cmdline")).ok()?;
+        let c = String::from_utf8_lossy(&c).replace('\0', " ");
+        (c.contains("qemu-system") && c.contains(&format!("/workspaces/{id}/"))).then_some(c)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_from_one_template_each_get_their_own_identity() {
+    let _g = SERIAL.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = s
+            .sdk()
+            .create(&small(json!({"wait_ready": true})))
+            .await
+            .unwrap();
+        assert_eq!(r["workspace"]["ready"], true, "{r}");
+        ids.push(r["workspace"]["id"].as_str().unwrap().to_string());
+    }
+    // Both VMs run from one template's memory, mapped copy-on-write.
+    let mems: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let c = vmm_cmdline(id).expect("a VMM");
+            let m = c
+                .split(' ')
+                .find(|a| a.starts_with("memory-backend-file,"))
+                .unwrap_or_else(|| panic!("{id} was not started from a template: {c}"))
+                .to_string();
+            assert!(m.contains("share=off"), "{m}");
+            m
+        })
+        .collect();
+    assert_eq!(mems[0], mems[1]);
+    let mut seen = Vec::new();
+    for id in &ids {
+        let (st, w) = s.call("GET", &format!("/workspace/{id}"), None).await;
+        assert_eq!(st, 200);
+        let (st, raw) = s
+            .call(
+                "GET",
+                &format!("/workspace/{id}/runtime-api-access/token/raw"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{raw}");
+        let rt = s.sdk().runtime(id).await.unwrap();
+        let (code, out) = sh(
+            &rt,
+            "cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; \
+             echo; hostname; cat /sys/class/net/e*/address; date +%s",
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        let l: Vec<String> = out.lines().map(str::to_string).collect();
+        assert_eq!(l.len(), 5, "{out}");
+        // The NIC carries the workspace's own MAC (the template's was another).
+        assert_ne!(l[3], "02:57:52:ff:ff:fe");
+        assert_eq!(l[2], id.replace('_', "-"));
+        let guest_now: i64 = l[4].parse().unwrap();
+        assert!((guest_now - host_now()).abs() <= 3, "clock {guest_now}");
+        let key = std::fs::read(data.path().join("workspaces").join(id).join("data.key")).ok();
+        seen.push((
+            w["workspace"]["internal_ip"].clone(),
+            raw["token"].clone(),
+            l[0].clone(),
+            l[1].clone(),
+            l[3].clone(),
+            key,
+        ));
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert_ne!(a.0, b.0, "same IP");
+    assert_ne!(a.1, b.1, "same agent token");
+    assert_ne!(a.2, b.2, "same boot_id");
+    assert_ne!(a.3, b.3, "same random bytes");
+    assert_ne!(a.4, b.4, "same MAC");
+    if a.5.is_some() || b.5.is_some() {
+        assert_ne!(a.5, b.5, "same disk key");
+    }
+    for id in &ids {
+        let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
+        assert_eq!(st, 202);
+    }
+    for id in &ids {
+        let dir = data.path().join("workspaces").join(id);
+        let t0 = Instant::now();
+        while dir.exists() && t0.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!dir.exists() && vmm_gone(id));
+    }
+}

@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub boot_timeout_secs: u64,
     /// Keep kernel messages on the boot log.
     pub verbose_kernel: bool,
+    /// Start workspaces by restoring a booted template of their image (see
+    /// `warren_node::template`); `false`: every boot is a cold boot.
+    pub templates: bool,
     /// Encrypt new workspaces' writable disks (AES-256-XTS, per-workspace key).
     pub encrypt_disks: bool,
     /// The master key wrapping the disks' keys (64 hex digits, mode 0600). `None`:
@@ -78,6 +81,7 @@ impl Default for NodeConfig {
             max_disk_mb: 1 << 20,
             boot_timeout_secs: 60,
             verbose_kernel: false,
+            templates: true,
             encrypt_disks: true,
             master_key_file: None,
             confine_vmms: true,

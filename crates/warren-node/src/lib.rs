@@ -15,6 +15,7 @@ pub mod keys;
 pub mod net;
 pub mod reconcile;
 pub mod suspend;
+pub mod template;
 pub mod workspace;
 
 pub use config::NodeConfig;

@@ -510,7 +510,15 @@ impl Node {
 
         let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease);
         let t = Instant::now();
-        let vm = self.vmm.boot(&vm_spec).await?;
+        // From the template when there is one (see crate::template), else cold.
+        let (vm, cloned) = match self.start_from_template(&vm_spec).await {
+            Ok(Some(vm)) => (vm, true),
+            Ok(None) => (self.vmm.boot(&vm_spec).await?, false),
+            Err(e) => {
+                tracing::warn!(error = %e, "template start failed; booting cold");
+                (self.vmm.boot(&vm_spec).await?, false)
+            }
+        };
         let vmm_start_ms = ms(t);
         write_owner(&run_dir, &id, vm.pid(), lease.record.index)?;
         let mut killer = KillOnDrop(Some(&*vm));
@@ -531,6 +539,7 @@ impl Node {
                 // Warren's resolver on the tap's host end (see warren_netpolicy::dns).
                 dns: vec![lease.host_ip.to_string()],
                 mtu: 1500,
+                set_mac: cloned,
             }),
             env,
             cmd: spec.cmd.clone(),
@@ -575,7 +584,11 @@ impl Node {
         let report = BootReport {
             accel: self.accel.to_string(),
             accel_reason: self.accel_reason.clone(),
-            engine: self.vmm.name().into(),
+            engine: if cloned {
+                format!("{} (template)", self.vmm.name())
+            } else {
+                self.vmm.name().into()
+            },
             image_ms,
             guest_assets_ms,
             disk_ms,

@@ -123,6 +123,11 @@ pub struct NetworkConfig {
     pub dns: Vec<String>,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
+    /// The interface may still carry another MAC (a VM restored from a template,
+    /// whose NIC state was saved before this identity existed): take the only
+    /// ethernet interface and give it `mac`.
+    #[serde(default)]
+    pub set_mac: bool,
 }
 
 fn default_mtu() -> u32 {

@@ -172,7 +172,7 @@ impl QemuVmm {
             pid,
             qmp,
             exit: rx,
-            ignore_shared: spec.memory_file.is_some(),
+            ignore_shared: spec.memory_file.as_ref().is_some_and(|m| m.shared),
         })
     }
 }
@@ -198,39 +198,9 @@ impl Vmm for QemuVmm {
             _ => io_err(format!("open {}", snapshot.display()))(e),
         })?;
         let vm = self.spawn(spec, true).await?;
-        if spec.memory_file.is_some() {
-            set_ignore_shared(&vm.qmp).await?;
-        }
-        use std::os::fd::AsFd;
-        vm.qmp.send_fd("warren-in", file.as_fd()).await?;
-        drop(file);
-        vm.qmp
-            .execute("migrate-incoming", Some(json!({ "uri": "fd:warren-in" })))
-            .await?;
-        // The destination leaves `inmigrate` once the state is loaded.
-        loop {
-            let st = vm.qmp.execute("query-status", None).await?;
-            let status = st.get("status").and_then(|s| s.as_str()).unwrap_or("");
-            match status {
-                "inmigrate" => tokio::time::sleep(Duration::from_millis(1)).await,
-                "running" => break,
-                "paused" | "postmigrate" | "prelaunch" | "restore-vm" => {
-                    if status == "restore-vm" {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        continue;
-                    }
-                    vm.qmp.execute("cont", None).await?;
-                    break;
-                }
-                other => {
-                    let _ = vm.kill().await;
-                    return Err(VmmError::Qmp(format!(
-                        "restore from {} ended in state {other}; VMM log: {}",
-                        snapshot.display(),
-                        tail(&spec.run_dir.join("vmm.log"), 1000)
-                    )));
-                }
-            }
+        if let Err(e) = load_state(&vm, spec, snapshot, file).await {
+            let _ = vm.kill().await;
+            return Err(e);
         }
         Ok(Box::new(vm))
     }
@@ -242,7 +212,7 @@ impl Vmm for QemuVmm {
             pid: Some(pid),
             qmp,
             exit,
-            ignore_shared: spec.memory_file.is_some(),
+            ignore_shared: spec.memory_file.as_ref().is_some_and(|m| m.shared),
         }))
     }
 }
@@ -275,19 +245,66 @@ fn watch_foreign_pid(pid: u32) -> Result<watch::Receiver<Option<VmExit>>> {
     Ok(rx)
 }
 
+/// Feed a saved state (an open file) into a VMM started with `-incoming defer`, and
+/// let the guest run.
+async fn load_state(
+    vm: &QemuVm,
+    spec: &VmSpec,
+    snapshot: &Path,
+    file: std::fs::File,
+) -> Result<()> {
+    if spec.memory_file.is_some() {
+        set_ignore_shared(&vm.qmp, true).await?;
+    }
+    use std::os::fd::AsFd;
+    vm.qmp.send_fd("warren-in", file.as_fd()).await?;
+    drop(file);
+    vm.qmp
+        .execute("migrate-incoming", Some(json!({ "uri": "fd:warren-in" })))
+        .await?;
+    // The destination leaves `inmigrate` once the state is loaded.
+    loop {
+        let st = vm.qmp.execute("query-status", None).await?;
+        let status = st.get("status").and_then(|s| s.as_str()).unwrap_or("");
+        match status {
+            "inmigrate" => tokio::time::sleep(Duration::from_millis(1)).await,
+            "running" => break,
+            "paused" | "postmigrate" | "prelaunch" | "restore-vm" => {
+                if status == "restore-vm" {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                vm.qmp.execute("cont", None).await?;
+                break;
+            }
+            other => {
+                return Err(VmmError::Qmp(format!(
+                    "restore from {} ended in state {other}; VMM log: {}",
+                    snapshot.display(),
+                    tail(&spec.run_dir.join("vmm.log"), 1000)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct QemuVm {
     pid: Option<u32>,
     qmp: Qmp,
     exit: watch::Receiver<Option<VmExit>>,
-    /// RAM is a file: snapshots leave it out.
+    /// RAM is a shared file (a template being built): snapshots leave it out.
     ignore_shared: bool,
 }
 
-/// Leave file-backed (shared) RAM out of the migration stream, on both ends.
-async fn set_ignore_shared(qmp: &Qmp) -> Result<()> {
+/// Leave file-backed (shared) RAM out of the migration stream, or not. Both ends must
+/// agree (the stream carries the capability), so a save sets it either way: a VM
+/// restored from a template has it on from its load, yet its own RAM is private and
+/// must be saved whole.
+async fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<()> {
     qmp.execute(
         "migrate-set-capabilities",
-        Some(json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": true } ] })),
+        Some(json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": on } ] })),
     )
     .await
     .map(|_| ())
@@ -316,9 +333,7 @@ impl Vm for QemuVm {
             .open(path)
             .map_err(io_err(format!("create {}", path.display())))?;
         self.qmp.execute("stop", None).await?;
-        if self.ignore_shared {
-            set_ignore_shared(&self.qmp).await?;
-        }
+        set_ignore_shared(&self.qmp, self.ignore_shared).await?;
         // No throttling: the guest is stopped, the file is local.
         self.qmp
             .execute(
@@ -383,18 +398,21 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("warren-{},debug-threads=on", spec.id)]);
     let acpi = if spec.acpi { "on" } else { "off" };
+    // The backend takes the id of microvm's default RAM ("microvm.ram"): a migration
+    // stream names its RAM blocks, so a VM started from a template can be saved and
+    // restored later without one (pause to disk of a clone).
     let mem_backend = match &spec.memory_file {
         Some(m) => {
             push(&[
                 "-object",
                 &format!(
-                    "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                    "memory-backend-file,id=microvm.ram,size={}M,mem-path={},share={}",
                     spec.memory_mb,
                     m.path.to_string_lossy(),
                     if m.shared { "on" } else { "off" }
                 ),
             ]);
-            ",memory-backend=mem"
+            ",memory-backend=microvm.ram"
         }
         None => "",
     };

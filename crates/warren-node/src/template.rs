@@ -1,0 +1,299 @@
+//! Template start: boot once, restore many times.
+//!
+//! A cold boot under TCG costs well over a second (kernel, module loading). A
+//! *template* is a VM booted once per (image file, kernel, initramfs with its agent,
+//! command line, vCPUs, memory, disk size, accelerator) up to the point where the
+//! agent has loaded its modules, opened the control port and said `Hello`: nothing of
+//! a workspace is known yet (no disk opened, no key, no address, no token). Its RAM is
+//! a file on tmpfs (`memory-backend-file`, `share=on`), and its device state is saved
+//! with `x-ignore-shared`, so the saved state is a few dozen KiB.
+//!
+//! A workspace then starts by mapping that file *private* (copy-on-write: pages are
+//! read lazily from the shared file, writes stay the clone's own, the file never
+//! changes), loading the device state, and handing the agent its identity (`Boot`:
+//! disk, key, IP and MAC, hostname, env, tokens, cmd, clock, fresh entropy), exactly
+//! as on a cold boot. The agent steps the clock, mixes the entropy in and reseeds its
+//! CRNG, and gives the NIC the workspace's MAC (`NetworkConfig::set_mac`: the saved
+//! NIC carries the template's). `/proc/sys/kernel/random/boot_id` is drawn on first
+//! read, after the reseed, so every clone has its own.
+//!
+//! Templates live in `/dev/shm/warren-templates/<key>/` (`memory`, `state`,
+//! `template.json`); a host reboot clears them and the next start rebuilds. Any
+//! failure falls back to a cold boot. Files QEMU must open are opened before it
+//! confines itself (`-chroot`), and the state is handed over as an fd.
+
+use crate::workspace::Node;
+use crate::{io_err, NodeError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+use warren_protocol::control::GuestMessage;
+use warren_vmm::{MemoryFile, NetSpec, Vm, VmSpec};
+
+/// Where templates are kept: tmpfs, so clones read their pages from memory.
+pub const TEMPLATE_ROOT: &str = "/dev/shm/warren-templates";
+
+/// A built template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub key: String,
+    pub dir: PathBuf,
+}
+
+impl Template {
+    pub fn memory(&self) -> PathBuf {
+        self.dir.join("memory")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+/// What a template was built from, and how long that took.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    pub inputs: String,
+    pub boot_ms: f64,
+    pub save_ms: f64,
+    pub state_bytes: u64,
+}
+
+/// One build at a time per key, in this process.
+static BUILDS: LazyLock<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Default::default);
+
+/// FNV-1a, 64 bit: a stable name for a template's inputs.
+fn fnv64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Everything in `spec` that shapes the VM, as one string. Paths of the kernel,
+/// initramfs and image name their content (the caches key them by digest or by the
+/// agent's identity), so a changed image, kernel or agent is a new template.
+pub fn inputs(spec: &VmSpec) -> String {
+    let disks: Vec<String> = spec
+        .disks
+        .iter()
+        .map(|d| {
+            let size = std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0);
+            // The writable disk differs per workspace: only its size matters (the guest
+            // probed the device's capacity while the template booted).
+            let name = if d.read_only {
+                d.path.display().to_string()
+            } else {
+                "rw".into()
+            };
+            format!("{name}:{}:{}:{}:{size}", d.serial, d.format, d.read_only)
+        })
+        .collect();
+    format!(
+        "v2|{}|{:?}|{}|{}|{}|{}|{}|{}",
+        spec.kernel.display(),
+        spec.initramfs,
+        spec.cmdline,
+        spec.cpus,
+        spec.memory_mb,
+        disks.join(","),
+        spec.accel,
+        spec.acpi
+    )
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(io_err("run ip"))?;
+    if !out.status.success() {
+        return Err(NodeError::Network(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// A tap the template's NIC is attached to while it boots (the NIC's saved state must
+/// match a clone's, which has a tap); never up, never addressed.
+struct TemplateTap(String);
+
+impl TemplateTap {
+    fn create() -> Result<TemplateTap> {
+        let name = format!(
+            "wtpl{:x}",
+            std::process::id() as u64 ^ fnv64(&crate::workspace::random_hex(4)) & 0xffff_ffff
+        );
+        let name: String = name.chars().take(15).collect();
+        ip(&["tuntap", "add", "dev", &name, "mode", "tap"])?;
+        Ok(TemplateTap(name))
+    }
+}
+
+impl Drop for TemplateTap {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", "dev", &self.0]);
+    }
+}
+
+impl Node {
+    /// The template for `spec` (a workspace's VM), built now if there is none.
+    pub async fn template_for(&self, spec: &VmSpec) -> Result<Template> {
+        let inputs = inputs(spec);
+        let key = format!("{:016x}", fnv64(&inputs));
+        let dir = Path::new(TEMPLATE_ROOT).join(&key);
+        let t = Template {
+            key: key.clone(),
+            dir: dir.clone(),
+        };
+        let ready = |t: &Template| {
+            t.memory().is_file() && t.state().is_file() && t.dir.join("template.json").is_file()
+        };
+        if ready(&t) {
+            return Ok(t);
+        }
+        let lock = {
+            let mut m = BUILDS.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(key.clone()).or_default().clone()
+        };
+        let _g = lock.lock().await;
+        if ready(&t) {
+            return Ok(t);
+        }
+        let span = tracing::info_span!("template", key = %key);
+        let _e = span.enter();
+        tracing::info!(%inputs, "building a template");
+        self.build_template(spec, &inputs, &dir).await?;
+        Ok(t)
+    }
+
+    async fn build_template(&self, ws_spec: &VmSpec, inputs: &str, dir: &Path) -> Result<()> {
+        let root = Path::new(TEMPLATE_ROOT);
+        std::fs::create_dir_all(root).map_err(io_err(format!("create {}", root.display())))?;
+        let build = root.join(format!(
+            ".build-{}-{}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("t"),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&build);
+        std::fs::create_dir_all(&build).map_err(io_err(format!("create {}", build.display())))?;
+        let r = self.build_in(ws_spec, inputs, &build).await;
+        if let Err(e) = r {
+            let _ = std::fs::remove_dir_all(&build);
+            return Err(e);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::rename(&build, dir).map_err(io_err(format!("keep {}", dir.display())))
+    }
+
+    async fn build_in(&self, ws_spec: &VmSpec, inputs: &str, build: &Path) -> Result<()> {
+        let t0 = Instant::now();
+        // A stand-in for the workspace's writable disk: same size, never mounted.
+        let dummy = build.join("disk.raw");
+        let mut disks = ws_spec.disks.clone();
+        for d in disks.iter_mut().filter(|d| !d.read_only) {
+            let size = std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0);
+            let f = std::fs::File::create(&dummy).map_err(io_err("create template disk"))?;
+            f.set_len(size).map_err(io_err("size template disk"))?;
+            d.path = dummy.clone();
+        }
+        let tap = TemplateTap::create()?;
+        let key = fnv64(inputs);
+        let spec = VmSpec {
+            id: format!("tpl-{:08x}", key as u32),
+            run_dir: build.to_path_buf(),
+            disks,
+            net: Some(NetSpec {
+                tap: tap.0.clone(),
+                // Not any workspace's: every clone is handed its own (`set_mac`).
+                mac: "02:57:52:ff:ff:fe".into(),
+            }),
+            control_socket: build.join("agent.sock"),
+            console_log: build.join("console.log"),
+            die_with_parent: false,
+            memory_file: Some(MemoryFile {
+                path: build.join("memory"),
+                shared: true,
+            }),
+            ..ws_spec.clone()
+        };
+        let vm = self.engine().boot(&spec).await?;
+        let r = async {
+            let (_control, mut events) =
+                crate::control::ControlChannel::connect(&spec.control_socket, &spec.id, vm.pid())
+                    .await?;
+            let timeout = Duration::from_secs(self.config.boot_timeout_secs);
+            let hello = tokio::time::timeout(timeout, async {
+                while let Some(m) = events.recv().await {
+                    if matches!(m, GuestMessage::Hello { .. }) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if !matches!(hello, Ok(true)) {
+                return Err(NodeError::Boot(format!(
+                    "the template's agent never said hello; boot log: {}",
+                    crate::workspace::tail(&spec.console_log)
+                )));
+            }
+            let boot_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            // The agent now waits for its Boot: freeze it there. The host end of the
+            // control port stays connected while saving, so the guest sees no hangup.
+            let t = Instant::now();
+            vm.snapshot(&build.join("state")).await?;
+            let save_ms = t.elapsed().as_secs_f64() * 1000.0;
+            let info = TemplateInfo {
+                inputs: inputs.to_string(),
+                boot_ms,
+                save_ms,
+                state_bytes: std::fs::metadata(build.join("state"))
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+            };
+            tracing::info!(?info, "template built");
+            std::fs::write(
+                build.join("template.json"),
+                serde_json::to_vec_pretty(&info).unwrap_or_default(),
+            )
+            .map_err(io_err("write template.json"))
+        }
+        .await;
+        let _ = vm.kill().await;
+        for f in ["disk.raw", "agent.sock", "qmp.sock"] {
+            let _ = std::fs::remove_file(build.join(f));
+        }
+        r
+    }
+
+    /// Start `spec`'s VM from its template (built first if needed). `None`: templates
+    /// are off. The caller boots cold when this fails.
+    pub(crate) async fn start_from_template(&self, spec: &VmSpec) -> Result<Option<Box<dyn Vm>>> {
+        if !self.config.templates {
+            return Ok(None);
+        }
+        let t = self.template_for(spec).await?;
+        let clone = VmSpec {
+            memory_file: Some(MemoryFile {
+                path: t.memory(),
+                shared: false,
+            }),
+            ..spec.clone()
+        };
+        match self.engine().restore(&clone, &t.state()).await {
+            Ok(vm) => Ok(Some(vm)),
+            Err(e) => {
+                // A template that cannot be restored is dropped: the next start builds
+                // it again instead of failing the same way.
+                tracing::warn!(key = %t.key, error = %e, "dropping a template that does not restore");
+                let _ = std::fs::remove_dir_all(&t.dir);
+                Err(e.into())
+            }
+        }
+    }
+}

@@ -5,7 +5,11 @@
 //!   instruction, module loading, boot config and root switch, network, API up, exec);
 //! * host memory of one idle workspace (PSS of the VMM process; Warren runs no other
 //!   per-workspace host process);
-//! * wall time to boot K workspaces at once.
+//! * wall time to boot K workspaces at once;
+//! * fast start (template restore vs. cold boot), pause to disk and resume
+//!   (see `fast.rs`).
+
+mod fast;
 
 use anyhow::Context;
 use clap::Parser;
@@ -30,6 +34,9 @@ struct Args {
     cache_dir: PathBuf,
     #[arg(long, env = "WARREN_AGENT")]
     agent: Option<PathBuf>,
+    /// Runs of the fast-start comparison (template vs. cold, pause to disk); 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    fast_runs: usize,
     /// Guest kernels to measure and compare: minimal (scripts/build-kernel.sh builds
     /// it), debian, or paths.
     #[arg(long, value_delimiter = ',', default_value = "minimal,debian")]
@@ -42,7 +49,7 @@ struct Sample {
     report: BootReport,
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return f64::NAN;
@@ -56,7 +63,7 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn spec(image: &str, memory_mb: u32) -> WorkspaceSpec {
+pub(crate) fn spec(image: &str, memory_mb: u32) -> WorkspaceSpec {
     WorkspaceSpec {
         image: image.into(),
         memory_mb,
@@ -109,6 +116,8 @@ async fn bench_kernel(args: &Args, kernel: String) -> anyhow::Result<Vec<(String
         data_dir: data.path().to_path_buf(),
         cache_dir: args.cache_dir.clone(),
         kernel,
+        // Cold boots here; templates are measured in `fast`.
+        templates: false,
         ..NodeConfig::default()
     };
     if let Some(a) = &args.agent {
@@ -214,6 +223,28 @@ async fn main() -> anyhow::Result<()> {
     let mut all = Vec::new();
     for k in &args.kernels {
         all.push((k.clone(), bench_kernel(&args, k.clone()).await?));
+    }
+    if args.fast_runs > 0 {
+        let data = tempfile::tempdir()?;
+        let mut cfg = NodeConfig {
+            data_dir: data.path().to_path_buf(),
+            cache_dir: args.cache_dir.clone(),
+            kernel: args
+                .kernels
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "auto".into()),
+            ..NodeConfig::default()
+        };
+        if let Some(a) = &args.agent {
+            cfg.agent_binary = a.clone();
+        }
+        let image = args
+            .images
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "busybox".into());
+        fast::bench(&cfg, &image, args.memory_mb, args.fast_runs).await?;
     }
     if all.len() > 1 {
         println!("\n## kernels compared (p50 cold create -> first exec result)");

@@ -326,6 +326,67 @@ impl Manager {
         r
     }
 
+    /// Change a workspace's resources. Everything is checked before anything
+    /// changes: each value against the node's limits (422 naming the field), and the
+    /// disk only grows. The new values are stored and take effect at the next start
+    /// (the node grows the disk file, the guest its file system); with `apply` a
+    /// running workspace is restarted now. Returns the row and whether it restarted.
+    pub async fn set_resources(
+        self: &Arc<Self>,
+        client_id: &str,
+        id: &str,
+        cpus: Option<u32>,
+        memory_mb: Option<u32>,
+        disk_size_mb: Option<u64>,
+        apply: bool,
+    ) -> ApiResult<(Workspace, bool)> {
+        let lock = self.lock_of(id);
+        let changed = {
+            let _g = lock.lock().await;
+            let mut w = self
+                .store
+                .workspace(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("workspace", id))?;
+            if let Some(d) = disk_size_mb {
+                if d < w.disk_size_mb {
+                    return Err(ApiError::invalid(
+                        "disk_size_mb",
+                        format!(
+                            "{d} is smaller than the disk ({} MB): disks only grow",
+                            w.disk_size_mb
+                        ),
+                    ));
+                }
+            }
+            let before = (w.cpus, w.memory_mb, w.disk_size_mb);
+            w.cpus = cpus.unwrap_or(w.cpus);
+            w.memory_mb = memory_mb.unwrap_or(w.memory_mb);
+            w.disk_size_mb = disk_size_mb.unwrap_or(w.disk_size_mb);
+            self.backend.validate(&self.boot_spec(&w))?;
+            let changed = before != (w.cpus, w.memory_mb, w.disk_size_mb);
+            if changed {
+                self.store
+                    .set_resources(id, w.cpus, w.memory_mb, w.disk_size_mb)
+                    .await?;
+                self.log(Some(client_id), id, "resources_update", "ok", None)
+                    .await;
+            }
+            changed
+        };
+        let running = self.backend.is_running(id);
+        let restarted = apply && changed && running;
+        if restarted {
+            self.restart(client_id, id).await?;
+        }
+        let w = self
+            .store
+            .workspace(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("workspace", id))?;
+        Ok((w, restarted))
+    }
+
     /// Stop then start, under one lock.
     pub async fn restart(
         self: &Arc<Self>,

@@ -325,6 +325,27 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         200,
     ),
     (
+        "GET",
+        "/workspace/{id}/resources",
+        "resources",
+        "CPUs, memory and disk size",
+        200,
+    ),
+    (
+        "PUT",
+        "/workspace/{id}/resources",
+        "resources",
+        "Change cpus, memory_mb, disk_size_mb (disk only grows; next start, or now with apply)",
+        200,
+    ),
+    (
+        "PATCH",
+        "/workspace/{id}/resources",
+        "resources",
+        "Same as PUT: only the fields given change",
+        200,
+    ),
+    (
         "POST",
         "/workspace/{id}/network/ip",
         "network",

@@ -62,6 +62,17 @@ pub struct NodeArgs {
     /// without it no encrypted disk can be opened.
     #[arg(long, env = "WARREN_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Hard CPU quota of a workspace's VMM per vCPU, in percent of one host CPU.
+    #[arg(long, env = "WARREN_CPU_QUOTA_PCT", default_value_t = 100)]
+    pub cpu_quota_pct: u32,
+    /// Each workspace's writable disk: at most this many I/O operations per second
+    /// (0: unlimited).
+    #[arg(long, env = "WARREN_DISK_IOPS_LIMIT", default_value_t = 0)]
+    pub disk_iops_limit: u64,
+    /// Each workspace's writable disk: at most this many bytes per second (0:
+    /// unlimited).
+    #[arg(long, env = "WARREN_DISK_BPS_LIMIT", default_value_t = 0)]
+    pub disk_bps_limit: u64,
     /// Start workspaces from a booted template of their image (true), or always boot
     /// cold (false).
     #[arg(long, env = "WARREN_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
@@ -80,6 +91,9 @@ impl NodeArgs {
             dns_upstream: self.dns_upstream.clone(),
             uplink: self.uplink.clone(),
             master_key_file: self.master_key_file.clone(),
+            cpu_quota_pct: self.cpu_quota_pct,
+            disk_iops_limit: self.disk_iops_limit,
+            disk_bps_limit: self.disk_bps_limit,
             templates: self.templates,
             ..NodeConfig::default()
         };

@@ -89,6 +89,7 @@ async fn vmm_is_confined_and_the_guest_is_held_to_its_limits() {
     let data = tempfile::tempdir().unwrap();
     let mut cfg = node_config(data.path());
     cfg.cpu_quota_pct = 50;
+    cfg.disk_bps_limit = 8 << 20;
     let node = Node::new(cfg.clone()).unwrap();
     let spec = WorkspaceSpec {
         image: "busybox".into(),
@@ -136,6 +137,8 @@ async fn vmm_is_confined_and_the_guest_is_held_to_its_limits() {
             || t.starts_with("pipe:")
             || t.starts_with("anon_inode:")
             || ["/dev/null", "/dev/net/tun", "/dev/kvm"].contains(&t.as_str())
+            // A workspace started from a template maps its RAM file copy-on-write.
+            || t.starts_with("/dev/shm/warren-templates/")
             || t.starts_with(&data.path().display().to_string())
             || t.starts_with(&cache_dir().display().to_string());
         assert!(ok, "the VMM holds {t}");
@@ -191,6 +194,26 @@ async fn vmm_is_confined_and_the_guest_is_held_to_its_limits() {
     assert_eq!(code, 0, "no OOM kill in the guest: {out}");
     assert!(node_vmm_alive(pid), "the VMM died with the guest's OOM");
     assert_eq!(run(&rt, "echo alive").await.1, "alive\n");
+
+    // The writable disk is throttled to 8 MiB/s: 24 MiB take 3 s at least.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains(&format!("drive.disk1.throttling.bps-total={}", 8 << 20)),
+        "{cmdline}"
+    );
+    let t0 = Instant::now();
+    let (code, out) = run(
+        &rt,
+        "dd if=/dev/zero of=/root/t bs=1M count=24 conv=fsync 2>&1; rm /root/t",
+    )
+    .await;
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        took >= 2.7,
+        "24 MiB written in {took:.2} s at a limit of 8 MiB/s"
+    );
 
     // A full disk: writes fail in the guest, the disk file keeps its size.
     let disk = data.path().join("workspaces").join(&id).join("data.ext4");

@@ -453,3 +453,97 @@ async fn encrypted_disk_is_never_plaintext_survives_restarts_and_is_erased() {
     );
     assert_nothing_left(data.path(), &[id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_are_checked_first_then_applied_and_the_disk_only_grows() {
+    let _g = SERIAL.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    let created = s
+        .sdk()
+        .create(&json!({"image": "busybox", "memory_mb": 256, "disk_size_mb": 64}))
+        .await
+        .unwrap();
+    let id = created["workspace"]["id"].as_str().unwrap().to_string();
+    wait_for(&s, &id, 120, |w| w.is_some_and(|w| w["ready"] == true)).await;
+    let path = format!("/workspace/{id}/resources");
+    let (st, b) = s.call("GET", &path, None).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b["resources"],
+        json!({"cpus": 1, "memory_mb": 256, "disk_size_mb": 64})
+    );
+    let (code, out, _) = sh(&s, &id, "echo kept > /root/kept.txt && sync").await;
+    assert_eq!(code, 0, "{out}");
+
+    // Bad input: a 422 naming the field, and nothing changes.
+    for (body, field) in [
+        (json!({"disk_size_mb": 32}), "disk_size_mb"),
+        (json!({"disk_size_mb": 96, "cpus": 10_000}), "cpus"),
+        (json!({"memory_mb": 16}), "memory_mb"),
+        (json!({"memory_mb": "lots"}), "memory_mb"),
+        (json!({"cpus": 2, "apply": "yes"}), "apply"),
+    ] {
+        let (st, b) = s.call("PUT", &path, Some(body.clone())).await;
+        assert_eq!(
+            (st, b["code"].clone()),
+            (422, json!("validation_error")),
+            "{body}: {b}"
+        );
+        assert_eq!(b["details"]["field"], field, "{b}");
+    }
+    let (_, b) = s.call("GET", &path, None).await;
+    assert_eq!(
+        b["resources"],
+        json!({"cpus": 1, "memory_mb": 256, "disk_size_mb": 64})
+    );
+    let disk = data.path().join("workspaces").join(&id).join("data.ext4");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 64 << 20);
+
+    // A change without apply waits for the next start.
+    let (st, b) = s
+        .call("PATCH", &path, Some(json!({"memory_mb": 320})))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["restart_required"], true, "{b}");
+    // With apply: the workspace restarts with them.
+    let (st, b) = s
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"disk_size_mb": 96, "apply": true})),
+        )
+        .await;
+    assert_eq!((st, b["applied"].clone()), (200, json!(true)), "{b}");
+    assert_eq!(
+        b["resources"],
+        json!({"cpus": 1, "memory_mb": 320, "disk_size_mb": 96})
+    );
+    wait_for(&s, &id, 120, |w| w.is_some_and(|w| w["ready"] == true)).await;
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 96 << 20);
+    // The guest sees the bigger disk (its file system grew at boot) and more memory,
+    // and kept its data.
+    let (code, out, err) = sh(
+        &s,
+        &id,
+        "cat /root/kept.txt; cat /sys/block/dm-0/size; \
+         grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2; \
+         dd if=/dev/zero of=/root/big bs=1M count=70 2>&1 >/dev/null | tail -1; rm -f /root/big",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l[0], "kept");
+    assert_eq!(l[1], (96u64 * 2048).to_string(), "dm sectors: {out}");
+    let mem_kb: u64 = l[2].parse().unwrap();
+    assert!(mem_kb > 256 * 1024, "MemTotal {mem_kb} kB: {out}");
+    assert!(
+        !out.contains("No space left"),
+        "70 MB did not fit on the grown disk: {out}"
+    );
+
+    let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
+    assert_eq!(st, 202);
+    wait_for(&s, &id, 60, |w| w.is_none()).await;
+    assert_nothing_left(data.path(), &[id]);
+}

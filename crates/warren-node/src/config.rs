@@ -59,6 +59,10 @@ pub struct NodeConfig {
     pub cpu_quota_pct: u32,
     /// Memory a VMM may use beyond its guest's RAM before the host kills it.
     pub vmm_memory_overhead_mb: u32,
+    /// Writable disk limits per workspace (QEMU block throttling): I/O operations and
+    /// bytes per second, reads and writes together; 0: unlimited.
+    pub disk_iops_limit: u64,
+    pub disk_bps_limit: u64,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +92,8 @@ impl Default for NodeConfig {
             vmm_uid_base: 3_000_000,
             cpu_quota_pct: 100,
             vmm_memory_overhead_mb: 384,
+            disk_iops_limit: 0,
+            disk_bps_limit: 0,
         }
     }
 }

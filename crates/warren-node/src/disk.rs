@@ -210,6 +210,14 @@ pub fn grow_disk(path: &Path, size_mb: u64) -> Result<bool> {
     Ok(true)
 }
 
+/// Grow the disk at `path` to `size_mb` MiB if it is smaller; a bigger disk stays.
+pub fn grow_at_least(path: &Path, size_mb: u64) -> Result<bool> {
+    match disk_size_mb(path) {
+        Some(now) if now < size_mb => grow_disk(path, size_mb),
+        _ => Ok(false),
+    }
+}
+
 /// Size of a disk file in MiB.
 pub fn disk_size_mb(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len() >> 20)

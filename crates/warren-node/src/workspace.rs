@@ -203,6 +203,8 @@ impl Node {
                 jail_root: config.run_dir.join("jail"),
                 cpu_quota_pct: config.cpu_quota_pct,
                 memory_overhead_mb: config.vmm_memory_overhead_mb,
+                disk_iops: config.disk_iops_limit,
+                disk_bps: config.disk_bps_limit,
                 ..Default::default()
             })
         });
@@ -480,6 +482,11 @@ impl Node {
         }
 
         let t = Instant::now();
+        if !fresh {
+            // A bigger disk_size_mb (the resources API) grows the file; the guest grows
+            // its file system at boot. Never shrinks.
+            disk::grow_at_least(&run_dir.join("data.ext4"), spec.disk_size_mb)?;
+        }
         let data_disk = self.data_disk(&id, fresh.then_some(spec.disk_size_mb))?;
         let disk_ms = ms(t);
 

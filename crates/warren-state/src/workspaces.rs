@@ -473,6 +473,29 @@ impl Store {
         Ok(w)
     }
 
+    /// Write a workspace's resources (cpus, memory, disk size), which take effect at
+    /// its next start. The caller has validated them.
+    pub async fn set_resources(
+        &self,
+        id: &str,
+        cpus: u32,
+        memory_mb: u32,
+        disk_size_mb: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE workspaces SET cpus = ?, memory_mb = ?, disk_size_mb = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(cpus as i64)
+        .bind(memory_mb as i64)
+        .bind(disk_size_mb as i64)
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Write the user's settings: name, slug, logo, config, lifecycle, runtime API
     /// access.
     pub async fn save_settings(&self, w: &Workspace) -> Result<Workspace> {

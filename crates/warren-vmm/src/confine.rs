@@ -44,6 +44,11 @@ pub struct ConfinePolicy {
     /// Memory the VMM may use beyond the guest's RAM, in MiB (QEMU itself, and
     /// under TCG its translation cache).
     pub memory_overhead_mb: u32,
+    /// I/O operations per second on the writable disk (QEMU block throttling,
+    /// reads and writes together); 0: unlimited.
+    pub disk_iops: u64,
+    /// Bytes per second on the writable disk; 0: unlimited.
+    pub disk_bps: u64,
 }
 
 impl Default for ConfinePolicy {
@@ -56,6 +61,8 @@ impl Default for ConfinePolicy {
             cgroups: true,
             cpu_quota_pct: 100,
             memory_overhead_mb: 384,
+            disk_iops: 0,
+            disk_bps: 0,
         }
     }
 }
@@ -293,6 +300,8 @@ pub struct Confinement {
     pub cgroup: Option<VmCgroup>,
     pub seccomp: bool,
     pub allow_spawn: bool,
+    /// `-set drive.<id>.throttling.*` for the writable disks.
+    pub throttle: Vec<String>,
 }
 
 /// The lease index in a Warren tap name (`wt17` -> 17).
@@ -339,7 +348,18 @@ impl ConfinePolicy {
             }
             _ => None,
         };
+        // QEMU names the drives disk<i> (see qemu_args); the writable ones are limited.
+        let mut throttle = Vec::new();
+        for (i, _) in spec.disks.iter().enumerate().filter(|(_, d)| !d.read_only) {
+            for (key, v) in [("iops-total", self.disk_iops), ("bps-total", self.disk_bps)] {
+                if v > 0 {
+                    throttle.push("-set".to_string());
+                    throttle.push(format!("drive.disk{i}.throttling.{key}={v}"));
+                }
+            }
+        }
         Ok(Confinement {
+            throttle,
             uid: (!spec.die_with_parent).then(|| self.uid_for(spec)),
             jail,
             cgroup,
@@ -367,6 +387,7 @@ impl Confinement {
             a.push("-runas".into());
             a.push(format!("{u}:{u}"));
         }
+        a.extend(self.throttle.iter().cloned());
         a
     }
 
@@ -522,11 +543,13 @@ mod tests {
             cgroup: None,
             seccomp: true,
             allow_spawn: false,
+            throttle: vec!["-set".into(), "drive.disk1.throttling.iops-total=50".into()],
         };
         assert_eq!(
             c.qemu_args().join(" "),
             "-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \
-             -chroot /run/warren/jail/ws_a -runas 3000007:3000007"
+             -chroot /run/warren/jail/ws_a -runas 3000007:3000007 \
+             -set drive.disk1.throttling.iops-total=50"
         );
         let root = Confinement { uid: None, ..c };
         assert!(root

@@ -4,6 +4,7 @@ mod access;
 mod info;
 mod lifecycle;
 mod network;
+mod resources;
 mod power;
 mod stats;
 pub mod unimplemented;
@@ -82,6 +83,12 @@ pub fn router(state: AppState) -> Router {
             get(network::get).patch(network::update),
         )
         .route("/workspace/{id}/network/ip", post(network::outbound_ip))
+        .route(
+            "/workspace/{id}/resources",
+            get(resources::get)
+                .put(resources::update)
+                .patch(resources::update),
+        )
         .route("/workspace/{id}/logs", get(info::logs))
         .route("/workspace/{id}/logs/list", get(info::logs_list))
         .route("/workspace/{id}/logs/file/{name}", get(info::logs_file))

@@ -166,24 +166,6 @@ pub const LATER: &[(&str, &str, &str, &str)] = &[
         "the edge proxy and SSH gateway issue",
     ),
     (
-        "GET",
-        "/workspace/{id}/resources",
-        "resizing",
-        "the resources issue",
-    ),
-    (
-        "PUT",
-        "/workspace/{id}/resources",
-        "resizing",
-        "the resources issue",
-    ),
-    (
-        "PATCH",
-        "/workspace/{id}/resources",
-        "resizing",
-        "the resources issue",
-    ),
-    (
         "POST",
         "/workspace/{id}/snapshot",
         "snapshots",

@@ -1,7 +1,8 @@
 //! The VMM process's confinement and a workspace's hard limits, read from /proc and
 //! the cgroup files while a real VM runs: own uid, mount namespace, empty chroot,
-//! cgroup, seccomp; a CPU-bound guest held to its quota; an OOM inside the guest
-//! kills inside the guest only; a full disk fails writes in the guest only.
+//! cgroup, seccomp; a CPU-bound guest held to its quota; disk bandwidth throttled;
+//! freed guest memory returned to the host (free page reporting); an OOM inside the
+//! guest kills inside the guest only; a full disk fails writes in the guest only.
 
 mod common;
 
@@ -187,6 +188,22 @@ async fn vmm_is_confined_and_the_guest_is_held_to_its_limits() {
     let (code, out) = run(&rt, "kill $(cat /tmp/busy.pid)").await;
     assert_eq!(code, 0, "{out}");
 
+    // Ballooning (free page reporting): memory the guest touched and freed goes back
+    // to the host within seconds.
+    let (code, out) = run(&rt, "dd if=/dev/zero of=/dev/null bs=150M count=1 2>&1").await;
+    assert_eq!(code, 0, "{out}");
+    let peak = rss_kb(pid);
+    let t0 = Instant::now();
+    let mut low = peak;
+    while t0.elapsed() < Duration::from_secs(15) && peak - low < 100 * 1024 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        low = low.min(rss_kb(pid));
+    }
+    assert!(
+        peak - low >= 100 * 1024,
+        "the VMM kept the guest's freed memory: RSS {peak} kB -> {low} kB"
+    );
+
     // OOM inside the guest: the kernel there kills the hog; the VM and agent live on.
     let (code, out) = run(&rt, "tail /dev/zero").await;
     assert_ne!(code, 0, "the memory hog survived: {out}");
@@ -241,6 +258,14 @@ async fn vmm_is_confined_and_the_guest_is_held_to_its_limits() {
     assert!(!cpu_cg.exists() && !mem_cg.exists(), "cgroup left");
     assert!(!root.exists(), "jail left");
     assert_nothing_left(data.path(), &[id]);
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    status_field(pid, "VmRSS")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn node_vmm_alive(pid: u32) -> bool {

@@ -9,6 +9,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_mmio.ko",
+    // Free page reporting: idle guest memory goes back to the host.
+    "drivers/virtio/virtio_balloon.ko",
     "drivers/block/virtio_blk.ko",
     "net/core/failover.ko",
     "drivers/net/net_failover.ko",

@@ -486,6 +486,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             &format!("virtio-net-device,netdev=net0,mac={}", n.mac),
         ]);
     }
+    // Free page reporting: the guest hands pages it no longer uses back to the host
+    // (ballooning without a manager); deflate-on-oom lets it take them back first.
+    push(&[
+        "-device",
+        "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on",
+    ]);
     push(&[
         "-device",
         "virtio-serial-device,max_ports=2",

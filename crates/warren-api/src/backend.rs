@@ -138,6 +138,33 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     fn is_suspended(&self, _id: &str) -> bool {
         false
     }
+    /// Capture memory, device state and disk of a running workspace (its one
+    /// snapshot, replacing an older one). It runs on afterwards unless `keep_paused`,
+    /// in which case its vCPUs stay stopped (memory kept). Returns the snapshot's info.
+    async fn snapshot(
+        &self,
+        id: &str,
+        _keep_paused: bool,
+    ) -> Result<serde_json::Value, BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot snapshot {id}"
+        )))
+    }
+    /// The workspace's snapshot, if any.
+    fn snapshot_info(&self, _id: &str) -> Option<serde_json::Value> {
+        None
+    }
+    /// Delete the workspace's snapshot; `false`: it had none.
+    async fn delete_snapshot(&self, _id: &str) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+    /// Put the workspace back to its snapshot (memory, processes, disk), running.
+    async fn restore_snapshot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot restore {}",
+            spec.id
+        )))
+    }
     /// Remove everything of the workspace on the node, running or not; idempotent.
     async fn remove(&self, id: &str) -> Result<(), BackendError>;
     /// After a server restart: take over the workspace's VM if it still runs.

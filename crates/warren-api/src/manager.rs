@@ -96,7 +96,7 @@ impl Manager {
         })
     }
 
-    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(id.to_string()).or_default().clone()
     }

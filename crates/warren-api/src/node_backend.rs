@@ -329,6 +329,53 @@ impl WorkspaceBackend for NodeBackend {
         !self.is_running(id) && self.node.is_suspended(id)
     }
 
+    async fn snapshot(
+        &self,
+        id: &str,
+        keep_paused: bool,
+    ) -> Result<serde_json::Value, BackendError> {
+        let ws = self
+            .get(id)
+            .ok_or_else(|| BackendError::NotRunning(id.into()))?;
+        // Memory and disk are captured with the vCPUs stopped; flush the guest's page
+        // cache first so the disk copy is complete on its own too.
+        flush_guest(&ws).await;
+        let info = self.node.snapshot(&ws).await.map_err(map_err)?;
+        if !keep_paused {
+            ws.vm
+                .resume()
+                .await
+                .map_err(|e| BackendError::Failed(e.to_string()))?;
+        }
+        Ok(serde_json::to_value(info).unwrap_or_default())
+    }
+
+    fn snapshot_info(&self, id: &str) -> Option<serde_json::Value> {
+        self.node
+            .snapshot_info(id)
+            .map(|i| serde_json::to_value(i).unwrap_or_default())
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<bool, BackendError> {
+        self.node.delete_snapshot(id).map_err(map_err)
+    }
+
+    async fn restore_snapshot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        if self.node.snapshot_info(&spec.id).is_none() {
+            return Err(BackendError::Invalid {
+                field: "snapshot".into(),
+                reason: format!("workspace {} has no snapshot", spec.id),
+            });
+        }
+        let current = self.take(&spec.id).await;
+        let ws = self
+            .node
+            .restore_snapshot(current, &node_spec(spec))
+            .await
+            .map_err(map_err)?;
+        Ok(self.register(ws))
+    }
+
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
         match self.take(id).await {
             Some(ws) => {

@@ -237,7 +237,7 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "POST",
         "/workspace/{id}/pause",
         "power",
-        "Pause (vCPUs frozen, memory kept)",
+        "Pause: freeze to disk (memory and device state saved, VMM ended)",
         200,
     ),
     (
@@ -245,6 +245,27 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "/workspace/{id}/resume",
         "power",
         "Resume a paused workspace",
+        200,
+    ),
+    (
+        "POST",
+        "/workspace/{id}/snapshot",
+        "snapshots",
+        "Capture memory, processes and disk (after: resume, paused or stop)",
+        200,
+    ),
+    (
+        "DELETE",
+        "/workspace/{id}/snapshot",
+        "snapshots",
+        "Delete the workspace's snapshot",
+        200,
+    ),
+    (
+        "POST",
+        "/workspace/{id}/restore",
+        "snapshots",
+        "Restore the latest snapshot in place",
         200,
     ),
     (

@@ -446,3 +446,120 @@ async fn workspaces_from_one_template_each_get_their_own_identity() {
         assert!(!dir.exists() && vmm_gone(id));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_snapshot_has_the_files_before_it_and_not_those_after() {
+    let _g = SERIAL.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[]);
+    let r = s
+        .sdk()
+        .create(&small(json!({"wait_ready": true})))
+        .await
+        .unwrap();
+    let id = r["workspace"]["id"].as_str().unwrap().to_string();
+    let rt = s.sdk().runtime(&id).await.unwrap();
+    // Before the snapshot: a file on disk and a value in a process's memory (tmpfs).
+    let (code, out) = sh(
+        &rt,
+        "echo before > /root/a.txt; echo mem-before > /dev/shm/m",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+
+    // Bad input first: no snapshot yet -> 404, nothing changes.
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/restore"), None)
+        .await;
+    assert_eq!((st, b["code"].as_str()), (404, Some("not_found")), "{b}");
+    let (st, b) = s
+        .call(
+            "POST",
+            &format!("/workspace/{id}/snapshot"),
+            Some(json!({"after": "later"})),
+        )
+        .await;
+    assert_eq!(
+        (st, b["code"].as_str()),
+        (422, Some("validation_error")),
+        "{b}"
+    );
+
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/snapshot"), None)
+        .await;
+    assert_eq!((st, b["status"].as_str()), (200, Some("running")), "{b}");
+    assert!(
+        b["snapshot"]["memory_bytes"].as_u64().unwrap_or(0) > 0,
+        "{b}"
+    );
+
+    // After it: changes to disk and memory.
+    let rt = s.sdk().runtime(&id).await.unwrap();
+    let (code, out) = sh(
+        &rt,
+        "echo after > /root/a.txt; echo new > /root/b.txt; echo mem-after > /dev/shm/m; sync",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/restore"), None)
+        .await;
+    assert_eq!((st, b["status"].as_str()), (200, Some("running")), "{b}");
+    let rt = s.sdk().runtime(&id).await.unwrap();
+    let (code, out) = sh(
+        &rt,
+        "cat /root/a.txt /dev/shm/m; test -e /root/b.txt && echo b-exists; date +%s",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(&l[..2], &["before", "mem-before"], "{out}");
+    assert_eq!(
+        l.len(),
+        3,
+        "a file written after the snapshot came back: {out}"
+    );
+    let guest_now: i64 = l[2].parse().unwrap();
+    assert!((guest_now - host_now()).abs() <= 3, "clock {guest_now}");
+
+    // A deleted snapshot cannot be restored: a clear 404, and the workspace is as it was.
+    let (code, _) = sh(&rt, "echo kept > /root/c.txt; sync").await;
+    assert_eq!(code, 0);
+    let (st, _) = s
+        .call("DELETE", &format!("/workspace/{id}/snapshot"), None)
+        .await;
+    assert_eq!(st, 200);
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/restore"), None)
+        .await;
+    assert_eq!((st, b["code"].as_str()), (404, Some("not_found")), "{b}");
+    let (code, out) = sh(&rt, "cat /root/c.txt").await;
+    assert_eq!((code, out.as_str()), (0, "kept\n"));
+
+    // A workspace being deleted cannot be snapshotted.
+    let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
+    assert_eq!(st, 202);
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/snapshot"), None)
+        .await;
+    assert!(
+        (st == 409
+            && b["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("being deleted"))
+            || st == 404,
+        "{st} {b}"
+    );
+    let dir = data.path().join("workspaces").join(&id);
+    let t0 = Instant::now();
+    while dir.exists() && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !dir.exists() && vmm_gone(&id),
+        "the workspace was not deleted"
+    );
+}

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod keys;
 pub mod net;
 pub mod reconcile;
+pub mod snapshot;
 pub mod suspend;
 pub mod template;
 pub mod workspace;

@@ -80,6 +80,17 @@ fn read_suspend(dir: &Path) -> Option<SuspendRecord> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// Write `dir/suspended.json` atomically and durably.
+pub(crate) fn write_suspend(dir: &Path, record: &SuspendRecord) -> Result<()> {
+    let rtmp = dir.join(".suspended.json.tmp");
+    std::fs::write(&rtmp, serde_json::to_vec_pretty(record).unwrap_or_default())
+        .map_err(io_err("write the suspend record"))?;
+    std::fs::File::open(&rtmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("sync the suspend record"))?;
+    std::fs::rename(&rtmp, dir.join(SUSPEND_FILE)).map_err(io_err("write the suspend record"))
+}
+
 fn now_unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -173,7 +184,7 @@ impl Node {
         .await
     }
 
-    async fn release_frozen(&self, ws: RunningWorkspace) -> Result<()> {
+    pub(crate) async fn release_frozen(&self, ws: RunningWorkspace) -> Result<()> {
         ws.vm.kill().await?;
         crate::net::delete_tap(&ws.lease.record.tap);
         self.pool().remove_rules(ws.lease.record.index);
@@ -185,6 +196,25 @@ impl Node {
 
     async fn save_state(&self, ws: &RunningWorkspace) -> Result<SuspendReport> {
         let dir = ws.run_dir.clone();
+        let tmp = dir.join(STATE_TMP);
+        let record = self.capture(ws, &tmp).await?;
+        let (state_bytes, save_ms) = (record.state_bytes, record.save_ms);
+        std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io_err("keep the saved state"))?;
+        write_suspend(&dir, &record)?;
+        Ok(SuspendReport {
+            state_bytes,
+            save_ms,
+            total_ms: 0.0,
+        })
+    }
+
+    /// Save `ws`'s memory and device state to `path` and describe the VM it came
+    /// from. The vCPUs stay stopped on success; on failure the guest runs on.
+    pub(crate) async fn capture(
+        &self,
+        ws: &RunningWorkspace,
+        path: &Path,
+    ) -> Result<SuspendRecord> {
         let assets = self.guest_assets().await?.clone();
         let spec = self.vm_spec(
             &ws.id,
@@ -196,7 +226,7 @@ impl Node {
             &assets,
             &ws.lease,
         );
-        let tmp = dir.join(STATE_TMP);
+        let tmp = path.to_path_buf();
         let t = Instant::now();
         if let Err(e) = ws.vm.snapshot(&tmp).await {
             let _ = std::fs::remove_file(&tmp);
@@ -207,7 +237,7 @@ impl Node {
         let save_ms = t.elapsed().as_secs_f64() * 1000.0;
         let state_bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
         let vm_pid = ws.vm.pid();
-        let record = SuspendRecord {
+        Ok(SuspendRecord {
             kernel: spec.kernel.clone(),
             initramfs: spec.initramfs.clone(),
             cmdline: spec.cmdline.clone(),
@@ -229,24 +259,6 @@ impl Node {
             saved_at_unix_ms: now_unix_ns() / 1_000_000,
             state_bytes,
             save_ms,
-        };
-        std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io_err("keep the saved state"))?;
-        let rtmp = dir.join(".suspended.json.tmp");
-        std::fs::write(
-            &rtmp,
-            serde_json::to_vec_pretty(&record).unwrap_or_default(),
-        )
-        .map_err(io_err("write the suspend record"))?;
-        std::fs::File::open(&rtmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("sync the suspend record"))?;
-        std::fs::rename(&rtmp, dir.join(SUSPEND_FILE))
-            .map_err(io_err("write the suspend record"))?;
-
-        Ok(SuspendReport {
-            state_bytes,
-            save_ms,
-            total_ms: 0.0,
         })
     }
 

@@ -6,6 +6,7 @@ mod lifecycle;
 mod network;
 mod resources;
 mod power;
+mod snapshots;
 mod stats;
 pub mod unimplemented;
 mod workloads;
@@ -58,6 +59,11 @@ pub fn router(state: AppState) -> Router {
         .route("/workspace/{id}/restart", post(power::restart))
         .route("/workspace/{id}/pause", post(power::pause))
         .route("/workspace/{id}/resume", post(power::resume))
+        .route(
+            "/workspace/{id}/snapshot",
+            post(snapshots::snapshot).delete(snapshots::delete),
+        )
+        .route("/workspace/{id}/restore", post(snapshots::restore))
         .route("/workspace/{id}/ping", post(lifecycle::ping))
         .route(
             "/workspace/{id}/lifecycle",

@@ -166,18 +166,6 @@ pub const LATER: &[(&str, &str, &str, &str)] = &[
         "the edge proxy and SSH gateway issue",
     ),
     (
-        "POST",
-        "/workspace/{id}/snapshot",
-        "snapshots",
-        "the templates and snapshots issue",
-    ),
-    (
-        "POST",
-        "/workspace/{id}/restore",
-        "snapshots",
-        "the templates and snapshots issue",
-    ),
-    (
         "GET",
         "/workspace/{id}/archives",
         "archives",

@@ -118,6 +118,8 @@ async fn vmm_is_confined_and_the_guest_is_held_to_its_limits() {
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
     // QEMU's seccomp filter (mode 2), no way back to privileges.
     assert_eq!(status_field(pid, "Seccomp"), "2");
+    // Two filters: ours (installed before exec) and QEMU's -sandbox.
+    assert_eq!(status_field(pid, "Seccomp_filters"), "2");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     // Its own mount namespace, chrooted into an empty directory of its own.
     let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();

@@ -18,12 +18,88 @@
 //!   `-runas` needs setuid after the filter is in place; with no capabilities left,
 //!   a set*id call can only drop privileges further.
 //!
+//! * under a **seccomp filter of ours**, installed before exec and stacked under
+//!   QEMU's: the syscalls a VMM never makes (mounts, namespaces, modules, kexec,
+//!   bpf, ptrace and cross-process memory access, keyrings, clock and host name
+//!   changes, swap, reboot, raw I/O ports) fail with EPERM ([`DENIED_SYSCALLS`]).
+//!   A deny list, not an allowlist: QEMU's needs vary with its devices and version,
+//!   and a wrong allowlist kills a guest at some rare moment.
+//!
 //! A VMM that must die with its parent (`warren run`) keeps root (the kernel clears
 //! the parent-death signal on a uid change) but gets everything else.
 
 use crate::{io_err, Result, VmSpec, VmmError};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+
+/// Syscalls no VMM of ours makes (after our pre-exec setup, which mounts): they fail
+/// with EPERM. `chroot` and the set*id family stay: QEMU's `-chroot` and `-runas`.
+pub const DENIED_SYSCALLS: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_syslog,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
+    libc::SYS_mknod,
+    libc::SYS_mknodat,
+    libc::SYS_userfaultfd,
+    libc::SYS_uselib,
+    libc::SYS_vhangup,
+    libc::SYS_lookup_dcookie,
+];
+
+/// Our filter, compiled to BPF: [`DENIED_SYSCALLS`] fail with EPERM, all else is left
+/// to QEMU's own filter.
+pub fn vmm_filter() -> Result<seccompiler::BpfProgram> {
+    let rules = DENIED_SYSCALLS.iter().map(|n| (*n, Vec::new())).collect();
+    let bad = |e: seccompiler::BackendError| VmmError::Io {
+        context: "build the VMM seccomp filter".into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let filter = seccompiler::SeccompFilter::new(
+        rules,
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+        seccompiler::TargetArch::x86_64,
+    )
+    .map_err(bad)?;
+    filter.try_into().map_err(bad)
+}
 
 /// What the node asks of every VMM it starts.
 #[derive(Debug, Clone)]
@@ -404,7 +480,12 @@ impl Confinement {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(PreExec { procs })
+        let filter = if self.seccomp {
+            Some(vmm_filter()?)
+        } else {
+            None
+        };
+        Ok(PreExec { procs, filter })
     }
 
     /// Remove what [`ConfinePolicy::prepare`] made, once the VMM is gone.
@@ -420,10 +501,12 @@ impl Confinement {
 /// prepared before fork.
 pub struct PreExec {
     procs: Vec<CString>,
+    filter: Option<seccompiler::BpfProgram>,
 }
 
 impl PreExec {
-    /// Join the cgroup(s) and enter a private mount namespace.
+    /// Join the cgroup(s), enter a private mount namespace, install our seccomp
+    /// filter (last: it denies the mount above).
     pub fn run(&self) -> std::io::Result<()> {
         // This process's pid in decimal, without allocating.
         // SAFETY: getpid has no preconditions.
@@ -470,6 +553,10 @@ impl PreExec {
             {
                 return Err(std::io::Error::last_os_error());
             }
+        }
+        if let Some(f) = &self.filter {
+            // prctl(NO_NEW_PRIVS) and seccomp(2) on the prepared program; no allocation.
+            seccompiler::apply_filter(f).map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         Ok(())
     }
@@ -533,6 +620,32 @@ mod tests {
         assert_eq!(read("memory.max"), (640u64 << 20).to_string());
         assert_eq!(read("memory.swap.max"), "0");
         assert_eq!(cg.procs_files(), [cg.dirs[0].join("cgroup.procs")]);
+    }
+
+    #[test]
+    fn our_filter_denies_namespaces_and_mounts_but_not_work() {
+        use std::os::unix::process::CommandExt;
+        let run = |args: &[&str]| {
+            let prog = vmm_filter().unwrap();
+            let mut c = std::process::Command::new(args[0]);
+            c.args(&args[1..]);
+            // SAFETY: only prctl and seccomp(2) between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    seccompiler::apply_filter(&prog)
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                });
+            }
+            c.output().unwrap()
+        };
+        assert!(run(&["true"]).status.success());
+        let out = run(&["cat", "/proc/self/status"]);
+        let status = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(status.contains("Seccomp:\t2"), "{status}");
+        let out = run(&["unshare", "-m", "true"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Operation not permitted"), "{err}");
     }
 
     #[test]

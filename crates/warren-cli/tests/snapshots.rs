@@ -387,6 +387,33 @@ async fn workspaces_from_one_template_each_get_their_own_identity() {
         })
         .collect();
     assert_eq!(mems[0], mems[1]);
+    // The template's memory file never changes under its clones, even when they
+    // write and free memory (the guest reports freed pages to the host).
+    let mem_path = mems[0]
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("mem-path="))
+        .unwrap()
+        .to_string();
+    let digest = || {
+        let out = Command::new("sha256sum").arg(&mem_path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let before = digest();
+    for id in &ids {
+        let rt = s.sdk().runtime(id).await.unwrap();
+        let (code, out) = sh(
+            &rt,
+            "dd if=/dev/urandom of=/dev/shm/f bs=1M count=64 2>/dev/null; rm /dev/shm/f; sync",
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(before, digest(), "a clone changed the template's memory");
     let mut seen = Vec::new();
     for id in &ids {
         let (st, w) = s.call("GET", &format!("/workspace/{id}"), None).await;

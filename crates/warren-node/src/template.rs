@@ -90,8 +90,25 @@ pub fn inputs(spec: &VmSpec) -> String {
             format!("{name}:{}:{}:{}:{size}", d.serial, d.format, d.read_only)
         })
         .collect();
+    // The device models (QEMU's -device drivers and options that shape guest-visible
+    // state), so a changed device set is a new template.
+    let probe = VmSpec {
+        memory_file: Some(MemoryFile {
+            path: "/".into(),
+            shared: false,
+        }),
+        ..spec.clone()
+    };
+    let args = warren_vmm::qemu::qemu_args(&probe);
+    let devices: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "-device")
+        .map(|w| w[1].split(",drive=").next().unwrap_or(""))
+        .map(|d| d.split(",netdev=").next().unwrap_or(""))
+        .collect();
     format!(
-        "v2|{}|{:?}|{}|{}|{}|{}|{}|{}",
+        "v3|{}|{}|{:?}|{}|{}|{}|{}|{}|{}",
+        devices.join(";"),
         spec.kernel.display(),
         spec.initramfs,
         spec.cmdline,

@@ -488,9 +488,17 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     }
     // Free page reporting: the guest hands pages it no longer uses back to the host
     // (ballooning without a manager); deflate-on-oom lets it take them back first.
+    // Not for RAM mapped from a template file: QEMU 7.2 discards reported pages of a
+    // file-backed block by punching holes in the file even when it is mapped private,
+    // which would zero the shared template under every other clone. Template and
+    // clones agree (both have a memory file), so their device states match.
     push(&[
         "-device",
-        "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on",
+        if spec.memory_file.is_some() {
+            "virtio-balloon-device,deflate-on-oom=on"
+        } else {
+            "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on"
+        },
     ]);
     push(&[
         "-device",

@@ -519,6 +519,20 @@ test('stop then start keeps the files', async () => {
   assert.equal(f.content, 'kept across stop\n');
 });
 
+test('resources: get, a shrink is refused and changes nothing, a grow waits for the next start', async () => {
+  const r = await client.workspaces.resources.get(id);
+  assert.deepEqual(r.resources, { cpus: 1, memory_mb: 256, disk_size_mb: 128 });
+  await assert.rejects(
+    client.workspaces.resources.update(id, { disk_size_mb: 64 }),
+    (e) => e instanceof ValidationError && e.details?.field === 'disk_size_mb',
+  );
+  assert.equal((await client.workspaces.resources.get(id)).resources.disk_size_mb, 128);
+  const u = await client.workspaces.resources.patch(id, { disk_size_mb: 160 });
+  assert.equal(u.resources.disk_size_mb, 160);
+  assert.equal(u.restart_required, true);
+  assert.equal((await client.workspaces.get(id)).resources.disk_size_mb, 160);
+});
+
 test('pause freezes, resume thaws', async () => {
   const p = await client.workspaces.pause(id);
   assert.equal(p.success, true);

@@ -441,10 +441,21 @@ pub fn rotate_local(master: &Path, wrapped: &[(PathBuf, String)]) -> Result<usiz
             n += 1;
         }
     }
-    // The old key: overwrite it, then move the new one into its place.
+    // The new key takes the old one's place *in place*: the file's blocks that held
+    // the old key are overwritten (a rename would only unlink them). Both texts have
+    // the same length (64 hex digits and a newline), so this is one sector's write.
     let next_text =
         Zeroizing::new(std::fs::read(&next).map_err(io_err(format!("read {}", next.display())))?);
-    write_private(master, &next_text, false)?;
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(master)
+            .map_err(io_err(format!("open {}", master.display())))?;
+        f.write_all(&next_text)
+            .and_then(|_| f.set_len(next_text.len() as u64))
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(format!("write {}", master.display())))?;
+    }
     destroy_wrapped(&next)?;
     tracing::info!(rewrapped = n, key_id = %to.current_key_id(), "master key rotated");
     Ok(n)
@@ -528,7 +539,10 @@ mod tests {
         for ((p, ctx), k) in files.iter().zip(&keys) {
             assert_eq!(&both.unwrap(&read_wrapped(p).unwrap(), ctx).unwrap(), k);
         }
+        let ino = std::fs::metadata(&master).unwrap().ino();
         assert_eq!(rotate_local(&master, &files).unwrap(), 2);
+        // Overwritten in place, not replaced by a rename.
+        assert_eq!(std::fs::metadata(&master).unwrap().ino(), ino);
         assert!(!next_key_path(&master).exists());
         let m2 = LocalKeyManager::open(&master).unwrap();
         assert_ne!(m2.current_key_id(), old_id);

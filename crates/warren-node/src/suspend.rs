@@ -98,10 +98,14 @@ fn now_unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Remove half-written state files (a crash while saving) under `data_dir`, and state
-/// files with no record (a crash between the two writes). Returns what was removed.
+/// Remove half-written state files (a crash while saving) under `data_dir`, state
+/// files with no record (a crash between the two writes) and template builds of dead
+/// processes. Returns what was removed.
 pub fn clean_partial_saves(data_dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
+    let mut removed: Vec<PathBuf> = crate::template::clean_interrupted_builds()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     let Ok(rd) = std::fs::read_dir(data_dir.join("workspaces")) else {
         return removed;
     };

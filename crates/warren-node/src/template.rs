@@ -139,13 +139,14 @@ fn ip(args: &[&str]) -> Result<()> {
 /// match a clone's, which has a tap); never up, never addressed.
 struct TemplateTap(String);
 
+static TAPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl TemplateTap {
+    /// `wtp<pid>x<n>`: the builder's pid in the name, so a crash's leftover can be told
+    /// apart from a live build.
     fn create() -> Result<TemplateTap> {
-        let name = format!(
-            "wtpl{:x}",
-            std::process::id() as u64 ^ fnv64(&crate::workspace::random_hex(4)) & 0xffff_ffff
-        );
-        let name: String = name.chars().take(15).collect();
+        let n = TAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
+        let name = format!("wtp{}x{n}", std::process::id());
         ip(&["tuntap", "add", "dev", &name, "mode", "tap"])?;
         Ok(TemplateTap(name))
     }
@@ -155,6 +156,81 @@ impl Drop for TemplateTap {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", "dev", &self.0]);
     }
+}
+
+/// How many templates to keep on tmpfs: each holds the pages its guest touched while
+/// booting (tens of MiB); the least recently used go first.
+pub const KEEP_TEMPLATES: usize = 8;
+
+fn touch(p: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(p) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Keep the `keep` most recently used templates (and always `current`). Clones
+/// running from an evicted one keep their mapping; the next start builds it again.
+fn evict_old_templates(keep: usize, current: &Path) {
+    let Ok(rd) = std::fs::read_dir(TEMPLATE_ROOT) else {
+        return;
+    };
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let m = std::fs::metadata(e.path().join("template.json"))
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some((m, e.path()))
+        })
+        .collect();
+    all.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, p) in all.into_iter().skip(keep) {
+        if p != current {
+            tracing::info!(template = %p.display(), "evicting an unused template");
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Remove template builds whose builder process is gone (a crash or kill mid-build):
+/// their directories (`.build-<key>-<pid>`) and taps. Returns what was removed.
+pub fn clean_interrupted_builds() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(TEMPLATE_ROOT) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".build-")
+            .and_then(|r| r.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !crate::reconcile::pid_alive(pid) && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    for e in std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("wtp")
+            .and_then(|r| r.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !crate::reconcile::pid_alive(pid) && ip(&["link", "del", "dev", &name]).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 impl Node {
@@ -171,6 +247,7 @@ impl Node {
             t.memory().is_file() && t.state().is_file() && t.dir.join("template.json").is_file()
         };
         if ready(&t) {
+            touch(&t.dir.join("template.json"));
             return Ok(t);
         }
         let lock = {
@@ -185,6 +262,7 @@ impl Node {
         let _e = span.enter();
         tracing::info!(%inputs, "building a template");
         self.build_template(spec, &inputs, &dir).await?;
+        evict_old_templates(KEEP_TEMPLATES, &dir);
         Ok(t)
     }
 

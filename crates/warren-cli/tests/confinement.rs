@@ -91,6 +91,9 @@ async fn vmm_is_confined_and_the_guest_is_held_to_its_limits() {
     let mut cfg = node_config(data.path());
     cfg.cpu_quota_pct = 50;
     cfg.disk_bps_limit = 8 << 20;
+    // A cold boot: only VMs whose RAM is not a template's file report free pages
+    // (see warren_node::template); the confinement is the same for both.
+    cfg.templates = false;
     let node = Node::new(cfg.clone()).unwrap();
     let spec = WorkspaceSpec {
         image: "busybox".into(),

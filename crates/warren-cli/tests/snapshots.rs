@@ -295,6 +295,17 @@ async fn files_and_processes_survive_five_freezes_to_disk_and_a_server_restart()
     }
     let (_, out) = sh(&rt, "cat /root/kept.txt").await;
     assert_eq!(out, "start\n1\n2\n3\n4\n5\n");
+    // The boot log goes on across restores (the first boot's lines are kept).
+    let (st, b) = s
+        .call("GET", &format!("/workspace/{id}/logs?source=boot"), None)
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let log = b["logs"].as_str().unwrap_or("");
+    assert!(log.contains("boot config received"), "{log}");
+    assert!(
+        log.matches("restored from saved state").count() >= 5,
+        "{log}"
+    );
 
     // Frozen when the server dies: still frozen, and resumable, after a restart.
     let (st, _) = s

@@ -96,6 +96,13 @@ impl QemuVmm {
         if incoming {
             args.push("-incoming".into());
             args.push("defer".into());
+            // A restored VM goes on with the same boot log: append, do not truncate.
+            for a in args
+                .iter_mut()
+                .filter(|a| a.starts_with("file,id=console,"))
+            {
+                a.push_str(",append=on");
+            }
         }
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args)

@@ -31,9 +31,11 @@ fn lifecycle_view(w: &Workspace) -> Value {
         "uptime": uptime,
         "expires_at": w.ttl_expires_at,
         "created_at": w.created_at,
+        // Sleep on idle is not built yet (PUT lifecycle/idle answers 501).
         "idle": Value::Null,
-        "snapshot_supported": false,
-        "snapshot_unavailable_reason": "snapshots are not implemented yet",
+        // Memory snapshots: freeze to disk, /snapshot and /restore.
+        "snapshot_supported": true,
+        "snapshot_unavailable_reason": Value::Null,
     })
 }
 

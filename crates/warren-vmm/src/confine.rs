@@ -153,7 +153,16 @@ pub struct ConfineSetup {
 impl ConfineSetup {
     pub fn new(policy: ConfinePolicy) -> ConfineSetup {
         let cgroups = if policy.cgroups {
-            let c = CgroupHost::detect();
+            // Found and usable: a host where warren's cgroup cannot delegate (cgroup v2
+            // with processes in it, a read-only mount) runs VMMs without limits, with a
+            // warning, rather than failing every boot.
+            let c = CgroupHost::detect().filter(|h| match h.prepare_base() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set up VMM cgroups");
+                    false
+                }
+            });
             match &c {
                 Some(h) => tracing::info!(version = h.version(), ?h, "VMM cgroups"),
                 None => tracing::warn!(
@@ -266,6 +275,28 @@ impl CgroupHost {
             });
         }
         None
+    }
+
+    /// Create the directories VMM cgroups go in (and on v2 enable the cpu and memory
+    /// controllers for them).
+    pub fn prepare_base(&self) -> Result<()> {
+        match self {
+            CgroupHost::V2 { base } => {
+                if let Some(parent) = base.parent() {
+                    let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory");
+                }
+                std::fs::create_dir_all(base)
+                    .map_err(io_err(format!("create {}", base.display())))?;
+                write(&base.join("cgroup.subtree_control"), "+cpu +memory")
+            }
+            CgroupHost::V1 { cpu, memory } => {
+                for d in [cpu, memory] {
+                    std::fs::create_dir_all(d)
+                        .map_err(io_err(format!("create {}", d.display())))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn version(&self) -> u8 {
@@ -601,6 +632,24 @@ mod tests {
             Some(CgroupHost::V2 {
                 base: r.join("system.slice/warren.service/warren")
             })
+        );
+    }
+
+    #[test]
+    fn an_unusable_base_is_an_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("file"), "").unwrap();
+        let bad = CgroupHost::V2 {
+            base: d.path().join("file/warren"),
+        };
+        assert!(bad.prepare_base().is_err());
+        let ok = CgroupHost::V2 {
+            base: d.path().join("warren"),
+        };
+        ok.prepare_base().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("warren/cgroup.subtree_control")).unwrap(),
+            "+cpu +memory"
         );
     }
 

@@ -209,6 +209,12 @@ impl Node {
             })
         });
         vmm.confine = confine.clone();
+        if let Some(c) = &confine {
+            let n = c.sweep();
+            if n > 0 {
+                tracing::info!(removed = n, "removed cgroups and jails of VMMs that are gone");
+            }
+        }
         let (accel, accel_reason) = warren_vmm::detect_accel(
             config.accel,
             config.kernel.starts_with('/') && config.kernel_pvm_capable,
@@ -677,6 +683,10 @@ impl Node {
         let span = tracing::info_span!("workspace", workspace_id = %ws.id);
         async {
             power_off(&ws, grace).await?;
+            if let Some(c) = &self.confine {
+                // An adopted VMM is not our child: nobody else sees it end.
+                c.remove_leftovers(&ws.id);
+            }
             crate::net::delete_tap(&ws.lease.record.tap);
             self.pool.remove_rules(ws.lease.record.index);
             for f in ["agent.sock", "qmp.sock"] {

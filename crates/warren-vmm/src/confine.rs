@@ -197,6 +197,52 @@ impl ConfineSetup {
         }
     }
 
+    /// Remove what VMMs that are gone left behind (a killed server, a VMM adopted
+    /// and stopped by another process, a killed `warren run`): cgroups with no
+    /// process in them (the kernel refuses to remove others) and jails no process
+    /// is chrooted in, both older than a minute so a VM being set up right now by
+    /// another process keeps its own. Returns how many directories went.
+    pub fn sweep(&self) -> usize {
+        let old = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60))
+        };
+        let mut n = 0;
+        let bases: Vec<PathBuf> = match &self.cgroups {
+            Some(CgroupHost::V2 { base }) => vec![base.clone()],
+            Some(CgroupHost::V1 { cpu, memory }) => vec![cpu.clone(), memory.clone()],
+            None => Vec::new(),
+        };
+        for base in bases {
+            for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() && old(&p) && std::fs::remove_dir(&p).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        let roots: std::collections::HashSet<PathBuf> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path().join("root")).ok())
+            .collect();
+        for e in std::fs::read_dir(&self.policy.jail_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = e.path();
+            if old(&p) && !roots.contains(&p) && std::fs::remove_dir(&p).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The cgroup of workspace `id` (to change its limits while it runs).
     pub fn cgroup(&self, id: &str) -> Option<VmCgroup> {
         match self.cgroups.as_ref()? {
@@ -632,6 +678,41 @@ mod tests {
             Some(CgroupHost::V2 {
                 base: r.join("system.slice/warren.service/warren")
             })
+        );
+    }
+
+    #[test]
+    fn sweep_removes_only_old_unused_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let jail_root = d.path().join("jail");
+        let base = d.path().join("cg");
+        for p in [
+            jail_root.join("ws_old"),
+            jail_root.join("ws_new"),
+            base.join("ws_old"),
+        ] {
+            std::fs::create_dir_all(&p).unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [jail_root.join("ws_old"), base.join("ws_old")] {
+            std::fs::File::open(&p)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        let setup = ConfineSetup {
+            policy: ConfinePolicy {
+                jail_root: jail_root.clone(),
+                ..Default::default()
+            },
+            cgroups: Some(CgroupHost::V2 { base: base.clone() }),
+        };
+        assert_eq!(setup.sweep(), 2);
+        assert!(!jail_root.join("ws_old").exists());
+        assert!(!base.join("ws_old").exists());
+        assert!(
+            jail_root.join("ws_new").exists(),
+            "a VM being set up keeps its jail"
         );
     }
 

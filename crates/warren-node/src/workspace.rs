@@ -212,7 +212,7 @@ impl Node {
         if let Some(c) = &confine {
             let n = c.sweep();
             if n > 0 {
-                tracing::info!(removed = n, "removed cgroups and jails of VMMs that are gone");
+                tracing::info!(removed = n, "removed cgroups and jails of gone VMMs");
             }
         }
         let (accel, accel_reason) = warren_vmm::detect_accel(

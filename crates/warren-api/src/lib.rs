@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod backend;
 pub mod error;
+pub mod idle;
 pub mod manager;
 pub mod metrics;
 pub mod model;
@@ -58,6 +59,9 @@ pub struct ApiConfig {
     /// ends and its memory goes back to the host), as the oblien client documents;
     /// `false`: pause only stops the vCPUs and keeps the memory resident.
     pub pause_to_disk: bool,
+    /// The shortest `suspend_after` of a sleep-on-idle policy (the oblien client
+    /// documents 120 s).
+    pub idle_min_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -76,6 +80,7 @@ impl Default for ApiConfig {
             stop_grace: Duration::from_secs(5),
             ttl_check_interval: Duration::from_secs(1),
             pause_to_disk: true,
+            idle_min_secs: 120,
         }
     }
 }

@@ -483,6 +483,9 @@ impl Manager {
         // A workspace that never became ready is (re)created from scratch: leftovers
         // of an interrupted attempt are removed first by the backend.
         let fresh = w.prov_state != ProvisioningState::Ready;
+        // Thawing a workspace frozen to disk: the same run goes on (its start time,
+        // TTL deadline and cmd's exit code stay).
+        let thaw = !fresh && w.observed_state == ObservedState::Paused;
         let spec = self.boot_spec(w);
         if fresh {
             w.observed_state = ObservedState::Creating;
@@ -529,14 +532,16 @@ impl Manager {
                 w.internal_ip = Some(b.internal_ip);
                 w.agent_token = Some(b.agent_token);
                 w.observed_state = ObservedState::Running;
-                w.started_at = Some(now());
-                w.last_exit_code = None;
+                if !thaw {
+                    w.started_at = Some(now());
+                    w.last_exit_code = None;
+                }
                 if fresh {
                     w.set_provisioning(ProvisioningState::Ready, ProvisioningPhase::Ready, "Ready");
                 }
                 *w = self.store.save_observed(w).await?;
                 // A TTL counts from each start.
-                if let Some(deadline) = ttl_deadline(w) {
+                if let Some(deadline) = ttl_deadline(w).filter(|_| !thaw) {
                     self.store.set_ttl_expiry(&w.id, Some(&deadline)).await?;
                     w.ttl_expires_at = Some(deadline);
                 }
@@ -713,6 +718,7 @@ impl Manager {
 
     /// Background duties: TTL expiry and events from running workspaces.
     pub fn spawn_background(self: &Arc<Self>, mut events: mpsc::UnboundedReceiver<BackendEvent>) {
+        crate::idle::spawn(self.clone());
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.config.ttl_check_interval);

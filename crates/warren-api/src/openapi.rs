@@ -262,6 +262,13 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         200,
     ),
     (
+        "PUT",
+        "/workspace/{id}/lifecycle/idle",
+        "lifecycle",
+        "Sleep on idle: freeze to disk after suspend_after s without traffic; a request through the gateway wakes it",
+        200,
+    ),
+    (
         "POST",
         "/workspace/{id}/restore",
         "snapshots",

@@ -31,6 +31,9 @@ pub struct ServerArgs {
     /// Lifetime of gateway tokens, in seconds.
     #[arg(long, env = "WARREN_GATEWAY_TOKEN_TTL", default_value_t = 3600)]
     pub gateway_token_ttl: u64,
+    /// The shortest sleep-on-idle delay a workspace may ask for, in seconds.
+    #[arg(long, env = "WARREN_IDLE_MIN_SECS", default_value_t = 120)]
+    pub idle_min_secs: u64,
     /// Most workspaces this server holds (running or stopped).
     #[arg(long, env = "WARREN_MAX_WORKSPACES", default_value_t = 256)]
     pub max_workspaces: u32,
@@ -98,6 +101,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
             .unwrap_or_else(|| format!("http://{gw_addr}")),
         gateway_token_ttl: Duration::from_secs(args.gateway_token_ttl.max(1)),
         default_image: args.default_image.clone(),
+        idle_min_secs: args.idle_min_secs,
         ..ApiConfig::default()
     };
     config.capacity.max_workspaces = args.max_workspaces;

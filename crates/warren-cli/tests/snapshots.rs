@@ -601,3 +601,90 @@ async fn a_restored_snapshot_has_the_files_before_it_and_not_those_after() {
         "the workspace was not deleted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_workspace_sleeps_and_a_request_through_the_gateway_wakes_it() {
+    let _g = SERIAL.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &["--idle-min-secs", "1"]);
+    let r = s
+        .sdk()
+        .create(&small(json!({"wait_ready": true})))
+        .await
+        .unwrap();
+    let id = r["workspace"]["id"].as_str().unwrap().to_string();
+    let rt = s.sdk().runtime(&id).await.unwrap();
+    let (code, _) = sh(&rt, "echo kept > /root/f; sync").await;
+    assert_eq!(code, 0);
+
+    // Bad input changes nothing.
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!("/workspace/{id}/lifecycle/idle"),
+            Some(json!({"suspend_after": "soon"})),
+        )
+        .await;
+    assert_eq!(
+        (st, b["details"]["field"].as_str()),
+        (422, Some("suspend_after")),
+        "{b}"
+    );
+    let (_, lc) = s
+        .call("GET", &format!("/workspace/{id}/lifecycle"), None)
+        .await;
+    assert_eq!(lc["idle"], Value::Null, "{lc}");
+
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!("/workspace/{id}/lifecycle/idle"),
+            Some(json!({"suspend_after": 2})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let (_, lc) = s
+        .call("GET", &format!("/workspace/{id}/lifecycle"), None)
+        .await;
+    assert_eq!(lc["idle"]["suspend_after"], 2, "{lc}");
+
+    // No traffic for 2 s: frozen to disk.
+    let t0 = Instant::now();
+    loop {
+        let (_, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
+        if b["workspace"]["status"] == "paused" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "never slept: {b}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(vmm_gone(&id), "asleep, yet its VMM runs");
+
+    // A request through the gateway wakes it and is answered.
+    let (code, out) = sh(&rt, "cat /root/f").await;
+    assert_eq!((code, out.as_str()), (0, "kept\n"));
+    let (_, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
+    assert_eq!(b["workspace"]["status"], "running", "{b}");
+
+    // Turned off: it stays awake.
+    let (st, _) = s
+        .call(
+            "PUT",
+            &format!("/workspace/{id}/lifecycle/idle"),
+            Some(json!({"suspend_after": 0})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
+    assert_eq!(b["workspace"]["status"], "running", "{b}");
+
+    let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
+    assert_eq!(st, 202);
+    let dir = data.path().join("workspaces").join(&id);
+    let t0 = Instant::now();
+    while dir.exists() && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!dir.exists() && vmm_gone(&id));
+}

@@ -157,6 +157,47 @@ async fn forward(State(st): State<Arc<GatewayState>>, req: Request) -> Response 
     }
 }
 
+/// Does the workspace's config turn sleeping on idle on (`idle.suspend_after` > 0)?
+fn sleeps_on_idle(config: &serde_json::Value) -> bool {
+    config
+        .get("idle")
+        .and_then(|i| i.get("suspend_after"))
+        .and_then(serde_json::Value::as_u64)
+        .is_some_and(|s| s > 0)
+}
+
+/// Ask for the workspace to run again (the control plane's idle loop thaws it) and
+/// wait until it does.
+async fn wake(st: &GatewayState, id: &str) -> Result<warren_state::Workspace, GwError> {
+    let err = |e: warren_state::StateError| {
+        GwError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        )
+    };
+    st.store
+        .set_desired(id, warren_state::DesiredState::Running, false)
+        .await
+        .map_err(err)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(w) = st.store.workspace(id).await.map_err(err)? {
+            if w.observed_state == ObservedState::Running && w.agent_token.is_some() {
+                return Ok(w);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(GwError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waking",
+                format!("workspace {id} is waking from sleep; retry shortly"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn forward_inner(st: &GatewayState, req: Request) -> Result<Response, GwError> {
     let query = req.uri().query().map(str::to_string);
     let token = bearer(req.headers(), query.as_deref()).ok_or_else(|| {
@@ -191,6 +232,12 @@ async fn forward_inner(st: &GatewayState, req: Request) -> Result<Response, GwEr
                 "this gateway token was revoked (runtime API access disabled or token rotated)",
             ));
         }
+        // Asleep on idle (frozen to disk by its policy): this request wakes it.
+        let ws = if ws.observed_state == ObservedState::Paused && sleeps_on_idle(&ws.config) {
+            wake(st, &ws.id).await?
+        } else {
+            ws
+        };
         let (Some(ip), Some(agent_token)) = (ws.internal_ip.as_deref(), ws.agent_token.as_deref())
         else {
             return Err(not_running(&ws.id, ws.observed_state));

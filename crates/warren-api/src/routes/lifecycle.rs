@@ -31,8 +31,8 @@ fn lifecycle_view(w: &Workspace) -> Value {
         "uptime": uptime,
         "expires_at": w.ttl_expires_at,
         "created_at": w.created_at,
-        // Sleep on idle is not built yet (PUT lifecycle/idle answers 501).
-        "idle": Value::Null,
+        // Sleep on idle (PUT lifecycle/idle); null: off.
+        "idle": w.config.get("idle").cloned().unwrap_or(Value::Null),
         // Memory snapshots: freeze to disk, /snapshot and /restore.
         "snapshot_supported": true,
         "snapshot_unavailable_reason": Value::Null,

@@ -1,11 +1,12 @@
 //! The HTTP routes. Paths, methods and bodies follow the `oblien` client (v2.4.0).
 
 mod access;
+mod idle;
 mod info;
 mod lifecycle;
 mod network;
-mod resources;
 mod power;
+mod resources;
 mod snapshots;
 mod stats;
 pub mod unimplemented;
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
             post(lifecycle::temporary),
         )
         .route("/workspace/{id}/lifecycle/ttl", put(lifecycle::ttl))
+        .route("/workspace/{id}/lifecycle/idle", put(idle::set))
         .route(
             "/workspace/{id}/metadata",
             get(info::metadata_get)

@@ -213,12 +213,6 @@ pub const LATER: &[(&str, &str, &str, &str)] = &[
         "clearing logs",
         "the metrics issue",
     ),
-    (
-        "PUT",
-        "/workspace/{id}/lifecycle/idle",
-        "idle suspend",
-        "the templates and snapshots issue",
-    ),
     ("GET", "/namespaces", "namespaces", "the namespaces issue"),
     ("POST", "/namespaces", "namespaces", "the namespaces issue"),
     ("POST", "/tokens", "scoped tokens", "the tenancy issue"),

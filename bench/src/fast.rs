@@ -1,7 +1,8 @@
 //! Fast start and saved state, measured in one run against a cold boot:
 //! * create -> first exec result from a template vs. cold boot, p50/p95;
 //! * pause to disk (save + VMM exit) and resume from disk -> first exec result;
-//! * memory pause/resume -> first exec result.
+//! * memory pause/resume -> first exec result;
+//! * user snapshot (memory and a sparse copy of the disk) of that workspace.
 
 use crate::{pct, spec};
 use std::time::{Duration, Instant};
@@ -168,6 +169,14 @@ pub async fn bench(
         mem.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     line("resume from memory pause -> first exec result", &mut mem);
+    let mut snap = Vec::new();
+    for _ in 0..runs.clamp(1, 10) {
+        let t = Instant::now();
+        warm.snapshot(&ws).await?;
+        snap.push(t.elapsed().as_secs_f64() * 1000.0);
+        ws.vm.resume().await?;
+    }
+    line("snapshot (memory + disk copy, vCPUs stopped)", &mut snap);
     warm.destroy(ws, Duration::ZERO).await?;
     Ok(())
 }

@@ -158,6 +158,28 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     async fn delete_snapshot(&self, _id: &str) -> Result<bool, BackendError> {
         Ok(false)
     }
+    /// Copy the workspace's writable disk as archive `version` (a running workspace's
+    /// guest is flushed and its vCPUs stopped for the copy).
+    async fn create_archive(
+        &self,
+        id: &str,
+        _version: &str,
+    ) -> Result<serde_json::Value, BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot archive {id}"
+        )))
+    }
+    /// The workspace's archives, oldest first.
+    fn archives(&self, _id: &str) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+    fn archive(&self, _id: &str, _version: &str) -> Option<serde_json::Value> {
+        None
+    }
+    /// Delete one archive; `false`: no such version.
+    async fn delete_archive(&self, _id: &str, _version: &str) -> Result<bool, BackendError> {
+        Ok(false)
+    }
     /// Put the workspace back to its snapshot (memory, processes, disk), running.
     async fn restore_snapshot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         Err(BackendError::Failed(format!(

@@ -356,6 +356,47 @@ impl WorkspaceBackend for NodeBackend {
             .map(|i| serde_json::to_value(i).unwrap_or_default())
     }
 
+    async fn create_archive(
+        &self,
+        id: &str,
+        version: &str,
+    ) -> Result<serde_json::Value, BackendError> {
+        let info = match self.get(id) {
+            Some(ws) => {
+                // A consistent copy: the guest flushes, its vCPUs stop meanwhile.
+                flush_guest(&ws).await;
+                ws.vm
+                    .pause()
+                    .await
+                    .map_err(|e| BackendError::Failed(e.to_string()))?;
+                let r = self.node.create_archive(id, version);
+                let _ = ws.vm.resume().await;
+                r
+            }
+            None => self.node.create_archive(id, version),
+        }
+        .map_err(map_err)?;
+        Ok(serde_json::to_value(info).unwrap_or_default())
+    }
+
+    fn archives(&self, id: &str) -> Vec<serde_json::Value> {
+        self.node
+            .archives(id)
+            .into_iter()
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
+            .collect()
+    }
+
+    fn archive(&self, id: &str, version: &str) -> Option<serde_json::Value> {
+        self.node
+            .archive(id, version)
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
+    }
+
+    async fn delete_archive(&self, id: &str, version: &str) -> Result<bool, BackendError> {
+        self.node.delete_archive(id, version).map_err(map_err)
+    }
+
     async fn delete_snapshot(&self, id: &str) -> Result<bool, BackendError> {
         self.node.delete_snapshot(id).map_err(map_err)
     }

@@ -562,6 +562,68 @@ async fn a_restored_snapshot_has_the_files_before_it_and_not_those_after() {
     let guest_now: i64 = l[2].parse().unwrap();
     assert!((guest_now - host_now()).abs() <= 3, "clock {guest_now}");
 
+    // Disk archives: versioned, listed, fetched, deleted; bad input changes nothing.
+    let (code, _) = sh(&rt, "echo warren-archive-marker-7f3a > /root/marker; sync").await;
+    assert_eq!(code, 0);
+    let (st, b) = s
+        .call(
+            "POST",
+            &format!("/workspace/{id}/archives"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((st, b["version"].as_str()), (200, Some("v1")), "{b}");
+    assert_eq!(b["size_bytes"], 128u64 << 20, "{b}");
+    for (body, want) in [
+        (json!({"version": "v1"}), 409),
+        (json!({"version": "../x"}), 422),
+        (json!({"format": "tar.gz"}), 422),
+    ] {
+        let (st, b) = s
+            .call("POST", &format!("/workspace/{id}/archives"), Some(body))
+            .await;
+        assert_eq!(st, want, "{b}");
+    }
+    let (st, b) = s
+        .call("GET", &format!("/workspace/{id}/archives"), None)
+        .await;
+    assert_eq!(st, 200);
+    let versions: Vec<&str> = b["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["version"].as_str())
+        .collect();
+    assert_eq!(versions, vec!["v1"], "{b}");
+    // An encrypted disk's archive is encrypted: the marker is not in it in clear.
+    let ws_dir = data.path().join("workspaces").join(&id);
+    let image = ws_dir.join("archives/v1/data.img");
+    let bytes = std::fs::read(&image).unwrap();
+    let found = bytes
+        .windows(26)
+        .any(|w| w == b"warren-archive-marker-7f3a");
+    assert_eq!(
+        found,
+        !ws_dir.join("data.key").exists(),
+        "marker in clear: {found}"
+    );
+    drop(bytes);
+    let (st, b) = s
+        .call("GET", &format!("/workspace/{id}/archives/v1"), None)
+        .await;
+    assert_eq!((st, b["version"].as_str()), (200, Some("v1")), "{b}");
+    let (st, _) = s
+        .call("DELETE", &format!("/workspace/{id}/archives/v1"), None)
+        .await;
+    assert_eq!(st, 200);
+    for m in ["GET", "DELETE"] {
+        let (st, b) = s
+            .call(m, &format!("/workspace/{id}/archives/v1"), None)
+            .await;
+        assert_eq!((st, b["code"].as_str()), (404, Some("not_found")), "{b}");
+    }
+    assert!(!image.exists());
+
     // A deleted snapshot cannot be restored: a clear 404, and the workspace is as it was.
     let (code, _) = sh(&rt, "echo kept > /root/c.txt; sync").await;
     assert_eq!(code, 0);

@@ -173,3 +173,115 @@ impl Node {
         Ok(ws)
     }
 }
+
+/// A versioned copy of a workspace's writable disk (`workspaces/<id>/archives/<version>/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    pub version: String,
+    pub created_at_unix_ms: u64,
+    /// Apparent size of the disk image.
+    pub size_bytes: u64,
+    /// Bytes it occupies on the host (sparse).
+    pub stored_bytes: u64,
+    pub format: String,
+}
+
+/// A version name: 1-64 of `A-Za-z0-9._-`, not starting with a dot.
+pub fn valid_version(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && !v.starts_with('.')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl Node {
+    fn archives_dir(&self, id: &str) -> PathBuf {
+        self.workspace_dir(id).join("archives")
+    }
+
+    /// The workspace's archives, oldest first.
+    pub fn archives(&self, id: &str) -> Vec<ArchiveInfo> {
+        let mut v: Vec<ArchiveInfo> = std::fs::read_dir(self.archives_dir(id))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let b = std::fs::read(e.path().join("archive.json")).ok()?;
+                serde_json::from_slice(&b).ok()
+            })
+            .collect();
+        v.sort_by_key(|a| a.created_at_unix_ms);
+        v
+    }
+
+    pub fn archive(&self, id: &str, version: &str) -> Option<ArchiveInfo> {
+        if !valid_version(version) {
+            return None;
+        }
+        let b = std::fs::read(self.archives_dir(id).join(version).join("archive.json")).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Delete one archive; `false`: there was none of that version.
+    pub fn delete_archive(&self, id: &str, version: &str) -> Result<bool> {
+        if self.archive(id, version).is_none() {
+            return Ok(false);
+        }
+        let d = self.archives_dir(id).join(version);
+        std::fs::remove_dir_all(&d).map_err(io_err(format!("remove {}", d.display())))?;
+        Ok(true)
+    }
+
+    /// Copy the writable disk of a workspace that is not running (or whose vCPUs the
+    /// caller has stopped after flushing the guest) as archive `version`. An
+    /// encrypted disk stays encrypted.
+    pub fn create_archive(&self, id: &str, version: &str) -> Result<ArchiveInfo> {
+        if !valid_version(version) {
+            return Err(NodeError::Invalid {
+                field: "version",
+                reason: format!(
+                    "{version:?}: use 1-64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+                ),
+            });
+        }
+        let parent = self.archives_dir(id);
+        let dir = parent.join(version);
+        if dir.exists() {
+            return Err(NodeError::Invalid {
+                field: "version",
+                reason: format!("archive {version} of {id} already exists"),
+            });
+        }
+        std::fs::create_dir_all(&parent).map_err(io_err(format!("create {}", parent.display())))?;
+        let tmp = parent.join(format!(".new-{version}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        let r = (|| {
+            let disk = tmp.join("data.img");
+            sparse_copy(&self.workspace_dir(id).join("data.ext4"), &disk)?;
+            let meta = std::fs::metadata(&disk).map_err(io_err("stat the archive"))?;
+            use std::os::unix::fs::MetadataExt;
+            let info = ArchiveInfo {
+                version: version.to_string(),
+                created_at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                size_bytes: meta.len(),
+                stored_bytes: meta.blocks() * 512,
+                format: "raw".into(),
+            };
+            std::fs::write(
+                tmp.join("archive.json"),
+                serde_json::to_vec_pretty(&info).unwrap_or_default(),
+            )
+            .map_err(io_err("write archive.json"))?;
+            std::fs::rename(&tmp, &dir).map_err(io_err("keep the archive"))?;
+            Ok(info)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        r
+    }
+}

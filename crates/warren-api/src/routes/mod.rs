@@ -65,6 +65,16 @@ pub fn router(state: AppState) -> Router {
             post(snapshots::snapshot).delete(snapshots::delete),
         )
         .route("/workspace/{id}/restore", post(snapshots::restore))
+        .route(
+            "/workspace/{id}/archives",
+            get(snapshots::archive_list)
+                .post(snapshots::archive_create)
+                .delete(snapshots::archive_delete_all),
+        )
+        .route(
+            "/workspace/{id}/archives/{version}",
+            get(snapshots::archive_get).delete(snapshots::archive_delete),
+        )
         .route("/workspace/{id}/ping", post(lifecycle::ping))
         .route(
             "/workspace/{id}/lifecycle",

@@ -161,3 +161,121 @@ pub async fn delete(
     }
     Ok(Json(json!({"success": true, "deleted": true})))
 }
+
+/// `POST /workspace/:id/archives` `{version?}`: a versioned copy of the disk.
+pub async fn archive_create(
+    State(st): State<AppState>,
+    Authed(c): Authed,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> ApiResult<Json<Value>> {
+    let w = find(&st, &c.id, &id).await?;
+    let m = st.manager.clone();
+    let version = match body.as_ref().and_then(|b| b.get("version")) {
+        None | Some(Value::Null) => {
+            let n = m.backend.archives(&w.id).len() + 1;
+            let mut k = n;
+            while m.backend.archive(&w.id, &format!("v{k}")).is_some() {
+                k += 1;
+            }
+            format!("v{k}")
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(ApiError::invalid("version", format!("{other}: a string"))),
+    };
+    if let Some(f) = body
+        .as_ref()
+        .and_then(|b| b.get("format"))
+        .and_then(Value::as_str)
+    {
+        if f != "raw" {
+            return Err(ApiError::invalid(
+                "format",
+                format!("{f:?}: only raw (a sparse copy of the disk) is supported"),
+            ));
+        }
+    }
+    let lock = m.lock_of(&w.id);
+    let _g = lock.lock().await;
+    let w = m
+        .store
+        .workspace(&w.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace", &id))?;
+    refuse_deleting(&w)?;
+    if m.backend.archive(&w.id, &version).is_some() {
+        return Err(ApiError::conflict(
+            "conflict",
+            format!("archive {version} of {} already exists", w.id),
+        ));
+    }
+    let info = m.backend.create_archive(&w.id, &version).await?;
+    m.log(Some(&c.id), &w.id, "archive_create", "ok", Some(&version))
+        .await;
+    let mut out = json!({"success": true, "archive": info.clone()});
+    if let (Some(o), Some(i)) = (out.as_object_mut(), info.as_object()) {
+        for (k, v) in i {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(Json(out))
+}
+
+pub async fn archive_list(
+    State(st): State<AppState>,
+    Authed(c): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let w = find(&st, &c.id, &id).await?;
+    let archives = st.manager.backend.archives(&w.id);
+    Ok(Json(json!({"success": true, "archives": archives})))
+}
+
+pub async fn archive_get(
+    State(st): State<AppState>,
+    Authed(c): Authed,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let w = find(&st, &c.id, &id).await?;
+    let info = st
+        .manager
+        .backend
+        .archive(&w.id, &version)
+        .ok_or_else(|| ApiError::not_found("archive", &version))?;
+    let mut out = json!({"success": true, "archive": info.clone()});
+    if let (Some(o), Some(i)) = (out.as_object_mut(), info.as_object()) {
+        for (k, v) in i {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(Json(out))
+}
+
+pub async fn archive_delete(
+    State(st): State<AppState>,
+    Authed(c): Authed,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let w = find(&st, &c.id, &id).await?;
+    if !st.manager.backend.delete_archive(&w.id, &version).await? {
+        return Err(ApiError::not_found("archive", &version));
+    }
+    Ok(Json(json!({"success": true, "deleted": version})))
+}
+
+pub async fn archive_delete_all(
+    State(st): State<AppState>,
+    Authed(c): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let w = find(&st, &c.id, &id).await?;
+    let mut deleted = Vec::new();
+    for a in st.manager.backend.archives(&w.id) {
+        if let Some(v) = a["version"].as_str() {
+            if st.manager.backend.delete_archive(&w.id, v).await? {
+                deleted.push(v.to_string());
+            }
+        }
+    }
+    Ok(Json(json!({"success": true, "deleted": deleted})))
+}

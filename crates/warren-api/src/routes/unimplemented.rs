@@ -167,36 +167,6 @@ pub const LATER: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "GET",
-        "/workspace/{id}/archives",
-        "archives",
-        "the templates and snapshots issue",
-    ),
-    (
-        "POST",
-        "/workspace/{id}/archives",
-        "archives",
-        "the templates and snapshots issue",
-    ),
-    (
-        "DELETE",
-        "/workspace/{id}/archives",
-        "archives",
-        "the templates and snapshots issue",
-    ),
-    (
-        "GET",
-        "/workspace/{id}/archives/{version}",
-        "archives",
-        "the templates and snapshots issue",
-    ),
-    (
-        "DELETE",
-        "/workspace/{id}/archives/{version}",
-        "archives",
-        "the templates and snapshots issue",
-    ),
-    (
-        "GET",
         "/workspace/{id}/logs/stream/boot",
         "log streams",
         "the metrics issue",

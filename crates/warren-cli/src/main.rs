@@ -42,9 +42,8 @@ pub struct NodeArgs {
     /// The statically linked guest agent.
     #[arg(long, env = "WARREN_AGENT")]
     pub agent: Option<PathBuf>,
-    /// Guest kernel: auto (today Debian's), debian, minimal (built by
-    /// scripts/build-kernel.sh; boots faster, cannot power itself off yet), or the path of
-    /// a vmlinux with everything built in.
+    /// Guest kernel: auto (our minimal kernel when scripts/build-kernel.sh has built it,
+    /// else Debian's), debian, minimal, or the path of a vmlinux with everything built in.
     #[arg(long, env = "WARREN_KERNEL", default_value = "auto")]
     pub kernel: String,
     /// Address pool for workspaces (each gets a /30).

@@ -300,6 +300,49 @@ fn both_guest_kernels_boot() {
     }
 }
 
+/// A guest that powers itself off without the agent (`poweroff -f`: straight to the
+/// kernel) ends its VM under every kernel, so the host sees the VM end instead of a
+/// hung guest. Each run is bounded: a hang fails the test rather than stalling it.
+#[test]
+fn a_guest_poweroff_ends_the_vm_with_either_kernel() {
+    let data = tempfile::tempdir().unwrap();
+    for kernel in ["auto", "debian", "minimal"] {
+        let mut c = warren(data.path());
+        c.args([
+            "run",
+            "--image",
+            "busybox",
+            "--memory-mb",
+            "256",
+            "--disk-mb",
+            "128",
+            "--kernel",
+            kernel,
+            "--",
+            "poweroff",
+            "-f",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("run warren");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{kernel}: the VM did not end after the guest powered off");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!status.success(), "{kernel}: {err}");
+        assert!(err.contains("VM ended"), "{kernel}: {err}");
+    }
+}
+
 #[test]
 fn debian_12_boots() {
     let data = tempfile::tempdir().unwrap();

@@ -51,6 +51,28 @@ impl GuestKernel {
         }
     }
 
+    /// Warren's minimal kernel as scripts/build-kernel.sh leaves it: `vmlinux` with the
+    /// `config` it was built from beside it. Builds whose config has ACPI and PCI find
+    /// their devices through microvm's ACPI tables and can power off, reboot and panic
+    /// out of the VM, so they boot with ACPI on; older builds (ACPI without PCI, which
+    /// cannot load those tables) boot with `acpi=off` as before. `None`: not built.
+    pub fn minimal(vmlinux: PathBuf) -> Option<Self> {
+        if !vmlinux.is_file() {
+            return None;
+        }
+        let config = vmlinux
+            .parent()
+            .map(|d| std::fs::read_to_string(d.join("config")).unwrap_or_default())
+            .unwrap_or_default();
+        let has = |opt: &str| config.lines().any(|l| l.trim() == format!("{opt}=y"));
+        Some(GuestKernel {
+            release: "minimal".to_string(),
+            vmlinux,
+            modules: Vec::new(),
+            needs_acpi: has("CONFIG_ACPI") && has("CONFIG_PCI"),
+        })
+    }
+
     /// Fetch (once) and return the pinned Debian kernel under `cache_dir/kernel/`.
     pub fn debian(pin: &KernelPin, cache_dir: &Path) -> Result<Self, GuestError> {
         let dir = cache_dir

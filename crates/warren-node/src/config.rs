@@ -18,9 +18,8 @@ pub struct NodeConfig {
     pub accel: AccelChoice,
     /// The statically linked guest agent that becomes /init.
     pub agent_binary: PathBuf,
-    /// Which guest kernel to boot: `auto` (today Debian's), `debian`, `minimal` (ours,
-    /// built by scripts/build-kernel.sh; faster to boot, but it cannot end the VM by
-    /// itself), or a path to a vmlinux with every driver built in.
+    /// Which guest kernel to boot: `auto` (ours, built by scripts/build-kernel.sh, when
+    /// it is built with ACPI; else Debian's), `debian`, `minimal`, or a vmlinux path.
     pub kernel: String,
     /// A kernel given by path is PVM-capable (only then may a PVM /dev/kvm be used).
     pub kernel_pvm_capable: bool,

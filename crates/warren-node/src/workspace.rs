@@ -831,23 +831,25 @@ fn prepare_guest(cfg: &NodeConfig) -> Result<GuestAssets> {
         .join(warren_guest::kernel::MINIMAL_KERNEL_PATH);
     let kernel = match cfg.kernel.as_str() {
         "debian" => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
-        "minimal" => {
-            if !minimal.is_file() {
+        "minimal" => match GuestKernel::minimal(minimal.clone()) {
+            Some(k) => k,
+            None => {
                 return Err(NodeError::Invalid {
                     field: "kernel",
                     reason: format!(
                         "the minimal kernel is not built ({} is missing): run scripts/build-kernel.sh, or use --kernel debian",
                         minimal.display()
                     ),
-                });
+                })
             }
-            GuestKernel::custom("minimal", minimal)
-        }
-        // Debian's kernel is the default even where the minimal one is built: booted
-        // with acpi=off, the minimal kernel cannot power off or reboot (a guest
-        // `poweroff -f` or a panic would hang the VM instead of ending it). It stays
-        // selectable for its faster boot; see docs/architecture.md.
-        "auto" => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
+        },
+        // Our minimal kernel when it is built with ACPI (it boots in about half the
+        // time); otherwise Debian's. A build without ACPI (an older config) boots with
+        // acpi=off and cannot power itself off, so it is used only when asked for.
+        "auto" => match GuestKernel::minimal(minimal) {
+            Some(k) if k.needs_acpi => k,
+            _ => GuestKernel::debian(&warren_guest::DEBIAN_CLOUD_KERNEL, &cfg.cache_dir)?,
+        },
         path if path.starts_with('/') => {
             let p = PathBuf::from(path);
             if !p.is_file() {

@@ -309,7 +309,9 @@ impl Node {
             }),
             control_socket: build.join("agent.sock"),
             console_log: build.join("console.log"),
-            die_with_parent: false,
+            // A builder that dies mid-build takes its VM along: nothing else would
+            // ever end it (its run directory is not a workspace's).
+            die_with_parent: true,
             memory_file: Some(MemoryFile {
                 path: build.join("memory"),
                 shared: true,

@@ -14,6 +14,7 @@ PACKAGES=(
   ca-certificates
   curl
   lz4               # (debugging) lz4 -d of kernel payloads
+  openssh-client    # ssh, ssh-keygen: the SSH gateway's tests
 )
 # Node.js runs the oblien SDK compatibility tests; any Node >= 18 will do, so keep one
 # the machine already has.

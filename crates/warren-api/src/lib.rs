@@ -55,6 +55,9 @@ pub struct ApiConfig {
     /// How long a stopping guest may take to power off before it is killed.
     pub stop_grace: Duration,
     pub ttl_check_interval: Duration,
+    /// The edge (public URLs, custom domains, SSH gateway) as clients reach it;
+    /// `None`: this server runs no edge.
+    pub edge: Option<warren_edge::EdgeConfig>,
     /// `POST /pause` freezes to disk (memory and device state saved, the VMM process
     /// ends and its memory goes back to the host), as the oblien client documents;
     /// `false`: pause only stops the vCPUs and keeps the memory resident.
@@ -79,6 +82,7 @@ impl Default for ApiConfig {
             },
             stop_grace: Duration::from_secs(5),
             ttl_check_interval: Duration::from_secs(1),
+            edge: None,
             pause_to_disk: true,
             idle_min_secs: 120,
         }

@@ -17,6 +17,8 @@ use warren_netpolicy::NetworkPolicy;
 use warren_state::Workspace;
 
 pub const KEY: &str = "network_config";
+/// Key of `network_config` holding the ports published through the edge.
+pub const EDGE_PORTS: &str = "edge_ports";
 /// Keys accepted at the config's top level and moved into `network_config`.
 const FOLDED: &[&str] = &["ingress", "egress", "allow_internet", "air_gapped"];
 
@@ -172,6 +174,16 @@ pub fn policy_of(config: &Map<String, Value>) -> ApiResult<NetworkPolicy> {
         outbound_ip,
         ingress_kbps: uint(nc, "ingress_kbps")?,
         egress_kbps: uint(nc, "egress_kbps")?,
+        // Kept here by the public-access routes, never by PATCH .../network.
+        edge_ports: nc
+            .get(EDGE_PORTS)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     p.compile()
         .map_err(|e| ApiError::invalid(&field(e.field), e.reason))?;

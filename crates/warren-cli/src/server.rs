@@ -37,6 +37,30 @@ pub struct ServerArgs {
     /// Most workspaces this server holds (running or stopped).
     #[arg(long, env = "WARREN_MAX_WORKSPACES", default_value_t = 256)]
     pub max_workspaces: u32,
+    /// Where the edge's HTTPS listener (published ports, custom domains, the gateway
+    /// at gateway.PREVIEW_DOMAIN) binds, e.g. 0.0.0.0:443. Without it the edge is off
+    /// and public-access and domain requests answer 409 `edge_disabled`.
+    #[arg(long, env = "WARREN_EDGE_ADDR")]
+    pub edge_addr: Option<SocketAddr>,
+    /// Published ports are served at https://<slug>.PREVIEW_DOMAIN.
+    #[arg(
+        long,
+        env = "WARREN_PREVIEW_DOMAIN",
+        default_value = "warren.localhost"
+    )]
+    pub preview_domain: String,
+    /// The HTTPS port in published URLs (default: the edge listener's port; 443 when
+    /// something forwards 443 to it).
+    #[arg(long, env = "WARREN_EDGE_PUBLIC_PORT")]
+    pub edge_public_port: Option<u16>,
+    /// Where the SSH gateway listens (`ssh -p PORT <workspace id>@PUBLIC_HOST CMD`);
+    /// needs --edge-addr. Without it there is no SSH gateway.
+    #[arg(long, env = "WARREN_SSH_ADDR")]
+    pub ssh_addr: Option<SocketAddr>,
+    /// The host name or address users reach this server at (shown in URLs and
+    /// commands).
+    #[arg(long, env = "WARREN_PUBLIC_HOST", default_value = "127.0.0.1")]
+    pub public_host: String,
 }
 
 /// Where the admin credentials go.
@@ -90,8 +114,41 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
     let gw_listener = tokio::net::TcpListener::bind(args.gateway_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.gateway_addr))?;
+    let edge_listener = match args.edge_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a}"))?,
+        ),
+        None => None,
+    };
+    let ssh_listener = match (args.ssh_addr, &edge_listener) {
+        (Some(a), Some(_)) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a}"))?,
+        ),
+        (Some(_), None) => anyhow::bail!("--ssh-addr needs --edge-addr"),
+        (None, _) => None,
+    };
+    let ssh_addr = ssh_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let api_addr = api_listener.local_addr()?;
     let gw_addr = gw_listener.local_addr()?;
+    let edge_config = match &edge_listener {
+        Some(l) => {
+            let edge_addr = l.local_addr()?;
+            let preview = args.preview_domain.trim_matches('.').to_ascii_lowercase();
+            Some(warren_edge::EdgeConfig {
+                https_addr: edge_addr,
+                gateway_host: format!("gateway.{preview}"),
+                preview_domain: preview,
+                public_https_port: args.edge_public_port.unwrap_or(edge_addr.port()),
+                ssh_port: ssh_addr.map(|a| a.port()),
+                public_host: args.public_host.clone(),
+            })
+        }
+        None => None,
+    };
 
     let mut config = ApiConfig {
         data_dir: data_dir.clone(),
@@ -102,6 +159,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         gateway_token_ttl: Duration::from_secs(args.gateway_token_ttl.max(1)),
         default_image: args.default_image.clone(),
         idle_min_secs: args.idle_min_secs,
+        edge: edge_config.clone(),
         ..ApiConfig::default()
     };
     config.capacity.max_workspaces = args.max_workspaces;
@@ -115,7 +173,34 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("reconciling at start: {}", e.message))?;
     manager.spawn_background(rx);
 
-    let gateway = warren_gateway::router(GatewayState::new(keys, store)?);
+    let gateway = warren_gateway::router(GatewayState::new(keys, store.clone())?);
+    let edge_task = match (edge_listener, edge_config) {
+        (Some(listener), Some(cfg)) => {
+            let certs = warren_edge::CertStore::open(&data_dir, store.clone())
+                .context("cannot open the edge's certificate store")?;
+            eprintln!(
+                "warren: edge listening on https://{} for *.{} (CA: {})",
+                cfg.https_addr,
+                cfg.preview_domain,
+                certs.ca().pem_path().display()
+            );
+            if let (Some(listener), Some(addr)) = (ssh_listener, ssh_addr) {
+                let key = warren_edge::ssh::host_key(&data_dir.join("edge"), certs.master())
+                    .context("cannot prepare the SSH gateway's host key")?;
+                let ssh_store = store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = warren_edge::ssh::serve(ssh_store, key, listener).await {
+                        tracing::error!(error = %e, "the SSH gateway stopped");
+                    }
+                });
+                eprintln!("warren: ssh gateway listening on {addr}");
+            }
+            let edge = warren_edge::Edge::new(cfg, store, certs, Some(gateway.clone()));
+            tokio::spawn(warren_edge::serve(edge, listener))
+        }
+        // No edge: a task that never ends keeps the select below simple.
+        _ => tokio::spawn(std::future::pending()),
+    };
     let api = warren_api::router(AppState::new(manager));
     let gw_task = tokio::spawn(async move { axum::serve(gw_listener, gateway).await });
     let api_task = tokio::spawn(async move { axum::serve(api_listener, api).await });
@@ -126,6 +211,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
     tokio::select! {
         r = api_task => r?.context("the API server failed")?,
         r = gw_task => r?.context("the gateway failed")?,
+        r = edge_task => r?.context("the edge failed")?,
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }

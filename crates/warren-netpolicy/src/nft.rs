@@ -266,6 +266,16 @@ pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
         &format!("ip saddr {h} tcp dport {AGENT_PORT} return"),
     );
     if !c.air_gapped {
+        // The edge proxy (on the host) reaches the ports published through it.
+        if !c.edge_ports.is_empty() {
+            let p = c
+                .edge_ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            r(&mut s, &agent, &format!("ip saddr {h} tcp dport {{ {p} }} return"));
+        }
         admit_sources(&mut s, &agent, &src, &c.ingress_ports);
     }
     refuse(&mut s, &agent);
@@ -628,6 +638,24 @@ mod tests {
         assert!(s.contains("add rule inet warren w3_host ip daddr 10.88.0.13 udp dport 53 return"));
         assert!(s.contains("add element inet warren fwd_in { \"wt3\" : jump w3_in }"));
         assert!(!s.contains("limit"));
+    }
+
+    #[test]
+    fn edge_ports_admit_the_host_on_those_ports_only() {
+        let p = NetworkPolicy {
+            edge_ports: vec![8080, 3000],
+            ..Default::default()
+        };
+        let s = workspace_script(&att(), &p.compile().unwrap());
+        assert!(s.contains(
+            "add rule inet warren w3_agent ip saddr 10.88.0.13 tcp dport { 3000, 8080 } return"
+        ));
+        let gapped = NetworkPolicy {
+            air_gapped: true,
+            ..p
+        };
+        let s = workspace_script(&att(), &gapped.compile().unwrap());
+        assert!(!s.contains("3000"));
     }
 
     #[test]

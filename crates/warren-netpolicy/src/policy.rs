@@ -38,6 +38,10 @@ pub struct NetworkPolicy {
     /// management path to the agent).
     pub ingress_kbps: Option<u64>,
     pub egress_kbps: Option<u64>,
+    /// Ports published through the edge (`/workspace/:id/public-access`): the host
+    /// (where the edge proxy runs) may open TCP connections to them. Set by the API
+    /// from the exposed ports, not by users; ignored when air-gapped.
+    pub edge_ports: Vec<u16>,
 }
 
 impl Default for NetworkPolicy {
@@ -51,6 +55,7 @@ impl Default for NetworkPolicy {
             outbound_ip: None,
             ingress_kbps: None,
             egress_kbps: None,
+            edge_ports: Vec::new(),
         }
     }
 }
@@ -206,6 +211,7 @@ pub struct Compiled {
     pub outbound_ip: Option<Ipv4Addr>,
     pub ingress_kbps: Option<u64>,
     pub egress_kbps: Option<u64>,
+    pub edge_ports: Vec<u16>,
 }
 
 impl Compiled {
@@ -287,6 +293,12 @@ impl NetworkPolicy {
         let mut ports = self.ingress_ports.clone();
         ports.sort_unstable();
         ports.dedup();
+        if self.edge_ports.len() > MAX_RULES || self.edge_ports.contains(&0) {
+            return Err(bad("edge_ports", "at most 256 ports, each 1-65535"));
+        }
+        let mut edge_ports = self.edge_ports.clone();
+        edge_ports.sort_unstable();
+        edge_ports.dedup();
         Ok(Compiled {
             allow_internet: self.allow_internet,
             air_gapped: self.air_gapped,
@@ -297,6 +309,7 @@ impl NetworkPolicy {
             outbound_ip: self.outbound_ip,
             ingress_kbps: self.ingress_kbps,
             egress_kbps: self.egress_kbps,
+            edge_ports,
         })
     }
 }

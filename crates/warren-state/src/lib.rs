@@ -13,11 +13,13 @@
 //! SQLite-only behaviour except `PRAGMA`s in [`Store::open`].
 
 mod clients;
+mod edge;
 mod metadata;
 mod operations;
 mod workspaces;
 
 pub use clients::{Client, NewClientSecret};
+pub use edge::{EdgeCert, EdgeDomain, EdgePort, EdgeSsh};
 pub use operations::Operation;
 pub use workspaces::{
     DesiredState, InsertOutcome, NewWorkspace, ObservedState, ProvisioningPhase, ProvisioningState,

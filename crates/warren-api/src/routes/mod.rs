@@ -1,6 +1,7 @@
 //! The HTTP routes. Paths, methods and bodies follow the `oblien` client (v2.4.0).
 
 mod access;
+mod edge;
 mod idle;
 mod info;
 mod lifecycle;
@@ -154,6 +155,29 @@ pub fn router(state: AppState) -> Router {
         };
         r.route(&path, h)
     });
+    let r = r
+        .route("/edge/ca.pem", get(edge::ca_pem))
+        .route(
+            "/workspace/{id}/public-access",
+            get(edge::list_ports).post(edge::expose),
+        )
+        .route(
+            "/workspace/{id}/public-access/{port}",
+            axum::routing::patch(edge::update_port).delete(edge::revoke),
+        )
+        .route(
+            "/workspace/{id}/domain",
+            get(edge::domain_get)
+                .post(edge::domain_connect)
+                .delete(edge::domain_disconnect),
+        )
+        .route("/workspace/{id}/domain/check", post(edge::domain_check))
+        .route("/workspace/{id}/domain/ssl/renew", post(edge::domain_renew))
+        .route("/workspace/{id}/ssh", get(edge::ssh_status))
+        .route("/workspace/{id}/ssh/enable", post(edge::ssh_enable))
+        .route("/workspace/{id}/ssh/disable", post(edge::ssh_disable))
+        .route("/workspace/{id}/ssh/key", post(edge::ssh_key))
+        .route("/workspace/{id}/ssh/password", post(edge::ssh_password));
     let r = unimplemented::add(r);
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,0 +1,657 @@
+//! The edge through `warren server` (the binary) and a real VM running busybox httpd:
+//! a port exposed through `/workspace/:id/public-access` answers at
+//! `https://<slug>.<preview domain>` (curl with `--resolve` and the local CA, HTTP/1.1
+//! and HTTP/2), a WebSocket (the `ws` client of tests/compat) passes through, a revoke
+//! answers 404 at once, ports that are not exposed are unreachable (neither through the
+//! edge nor from the host), bad input changes nothing, a custom domain works at once
+//! with a certificate from the local CA, and the data-plane gateway answers through the
+//! edge over HTTPS.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use warren_protocol::runtime::{ExecMode, ExecRequest};
+use warren_sdk::RuntimeClient;
+
+const PREVIEW: &str = "warren.test";
+
+struct Server {
+    child: Child,
+    url: String,
+    edge: SocketAddr,
+    ssh: SocketAddr,
+    ca: PathBuf,
+    creds: (String, String),
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["server", "--api-addr", "127.0.0.1:0"])
+            .args([
+                "--gateway-addr",
+                "127.0.0.1:0",
+                "--default-image",
+                "busybox",
+            ])
+            .args(["--edge-addr", "127.0.0.1:0", "--preview-domain", PREVIEW])
+            .args(["--ssh-addr", "127.0.0.1:0"])
+            .args(["--kernel", "debian"])
+            .env("WARREN_DATA_DIR", data)
+            .env("WARREN_CACHE_DIR", cache_dir())
+            .env("WARREN_AGENT", agent())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn warren server");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            let mut edge = None;
+            let mut ssh = None;
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(rest) = line.strip_prefix("warren: edge listening on https://") {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let ca = rest
+                        .split("(CA: ")
+                        .nth(1)
+                        .map(|s| s.trim_end_matches(')').to_string());
+                    edge = addr.parse::<SocketAddr>().ok().zip(ca);
+                }
+                if let Some(a) = line.strip_prefix("warren: ssh gateway listening on ") {
+                    ssh = a.trim().parse::<SocketAddr>().ok();
+                }
+                if let Some(url) = line.strip_prefix("warren: api listening on ") {
+                    let _ = tx.send((url.to_string(), edge.clone(), ssh));
+                }
+            }
+        });
+        let (url, edge, ssh) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
+        let (edge, ca) = edge
+            .unwrap_or_else(|| panic!("the server announced no edge: {}", stderr.lock().unwrap()));
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(data.join("credentials.json")).unwrap()).unwrap();
+        let ssh = ssh.unwrap_or_else(|| panic!("no ssh gateway: {}", stderr.lock().unwrap()));
+        Server {
+            child,
+            url,
+            edge,
+            ssh,
+            ca: PathBuf::from(ca),
+            creds: (
+                v["client_id"].as_str().unwrap().to_string(),
+                v["client_secret"].as_str().unwrap().to_string(),
+            ),
+            stderr,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = reqwest::Client::new()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{}", self.url, path),
+            )
+            .header("X-Client-ID", &self.creds.0)
+            .header("X-Client-Secret", &self.creds.1);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let s = resp.status().as_u16();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn ready(&self, id: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let (_, b) = self.call("GET", &format!("/workspace/{id}"), None).await;
+            if b["workspace"]["ready"] == true {
+                return b["workspace"].clone();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(180),
+                "{id} never became ready: {b}\n{}",
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `curl` over HTTPS to `host` at the edge, trusting only our CA: (status, HTTP
+    /// version, body).
+    fn curl(&self, host: &str, path: &str, extra: &[&str]) -> (u16, String, String) {
+        let port = self.edge.port();
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&self.ca)
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .args(extra)
+            .arg(format!("https://{host}:{port}{path}"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let mut t = tail.split_whitespace();
+        let code = t.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let version = t.next().unwrap_or_default().to_string();
+        assert!(
+            code != 0,
+            "curl to {host}{path} failed: {}\nserver: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr.lock().unwrap()
+        );
+        (code, version, body.to_string())
+    }
+}
+
+impl Server {
+    /// Does the edge refuse the TLS handshake for `host` (curl's exit code 35)?
+    fn tls_refused(&self, host: &str) -> bool {
+        let port = self.edge.port();
+        let st = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-o", "/dev/null", "--cacert"])
+            .arg(&self.ca)
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .arg(format!("https://{host}:{port}/"))
+            .status()
+            .expect("run curl");
+        st.code() == Some(35)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// On a failed test, kill the VMs under `data` (they outlive the server).
+struct KillVmsOnPanic(PathBuf);
+
+impl Drop for KillVmsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let marker = self.0.join("workspaces").display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains("qemu-system") && cmd.contains(&marker) {
+                let pid = e.file_name().to_string_lossy().to_string();
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        }
+    }
+}
+
+async fn sh(agent: &(String, String), cmd: &str) -> (i32, String) {
+    let rt = RuntimeClient::new(&agent.0, &agent.1).unwrap();
+    let t = rt
+        .exec(&ExecRequest {
+            cmd: vec![cmd.into()],
+            exec_mode: Some(ExecMode::Shell),
+            timeout_seconds: Some(60),
+            ..ExecRequest::default()
+        })
+        .await
+        .expect("exec");
+    (t.exit_code.unwrap_or(-1), t.stdout.unwrap_or_default())
+}
+
+/// A CGI for busybox httpd that answers a WebSocket handshake and sends one text
+/// frame (busybox passes a CGI's own `HTTP/1.1 101` status line through verbatim).
+const WS_CGI: &str = r#"#!/bin/sh
+a=$(printf '%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11' "$HTTP_SEC_WEBSOCKET_KEY" | sha1sum | cut -c1-40 | sed 's/../\\x&/g')
+a=$(printf "$a" | base64)
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$a"
+printf '\201\022hello from the vm!'
+sleep 1
+"#;
+
+/// The `ws` WebSocket client (tests/compat/node_modules), trusting our CA and
+/// resolving every name to 127.0.0.1: the first message it receives.
+fn ws_client(ca: &Path, url: &str) -> Result<String, String> {
+    let ws = repo_root().join("tests/compat/node_modules/ws");
+    assert!(
+        ws.exists(),
+        "{} is missing: run `npm ci` in tests/compat (scripts/install-deps.sh)",
+        ws.display()
+    );
+    let script = r#"
+const WebSocket = require(process.env.WS_MODULE);
+const fs = require('fs');
+const lookup = (h, o, cb) => (o && o.all) ? cb(null, [{address: '127.0.0.1', family: 4}]) : cb(null, '127.0.0.1', 4);
+const ws = new WebSocket(process.env.WS_URL, { ca: fs.readFileSync(process.env.WS_CA), lookup });
+const t = setTimeout(() => { console.error('timeout'); process.exit(2); }, 20000);
+ws.on('message', (m) => { console.log(String(m)); clearTimeout(t); ws.terminate(); process.exit(0); });
+ws.on('unexpected-response', (req, res) => { console.error('status ' + res.statusCode); process.exit(3); });
+ws.on('error', (e) => { console.error(e.message); process.exit(1); });
+"#;
+    let out = Command::new("node")
+        .args(["-e", script])
+        .env("WS_MODULE", &ws)
+        .env("WS_URL", url)
+        .env("WS_CA", ca)
+        .output()
+        .expect("run node");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+fn tcp_open(ip: &str, port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_ports_domains_and_the_gateway_through_the_edge() {
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = KillVmsOnPanic(data.path().to_path_buf());
+    let s = Server::start(data.path());
+    let ca_pem = std::fs::read_to_string(&s.ca).unwrap();
+    assert!(ca_pem.contains("BEGIN CERTIFICATE"));
+    // The root certificate is downloadable from the API without credentials.
+    let dl = reqwest::get(format!("{}/edge/ca.pem", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(dl, ca_pem);
+
+    let (st, w) = s
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({
+                "image": "busybox", "memory_mb": 256, "disk_size_mb": 128,
+                "config": {"cmd": "mkdir -p /www/cgi-bin; echo hello-from-vm > /www/index.html; \
+                                   httpd -f -p 8080 -h /www & httpd -f -p 8081 -h /www & wait"}
+            })),
+        )
+        .await;
+    assert_eq!(st, 201, "{w}");
+    let id = w["workspace"]["id"].as_str().unwrap().to_string();
+    let ip = s.ready(&id).await["internal_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, raw) = s
+        .call(
+            "GET",
+            &format!("/workspace/{id}/runtime-api-access/token/raw"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{raw}");
+    let agent = (
+        raw["url"].as_str().unwrap().to_string(),
+        raw["token"].as_str().unwrap().to_string(),
+    );
+    let (code, _) = sh(
+        &agent,
+        &format!(
+            "mkdir -p /www/cgi-bin && echo hello-from-vm > /www/index.html && \
+             cat > /www/cgi-bin/ws <<'EOF'\n{WS_CGI}EOF\nchmod +x /www/cgi-bin/ws && \
+             for i in $(seq 100); do wget -q -O - http://127.0.0.1:8080/ && wget -q -O - http://127.0.0.1:8081/ && exit 0; sleep 0.2; done; exit 1"
+        ),
+    )
+    .await;
+    if code != 0 {
+        let (_, diag) = sh(&agent, "ps; ls -la /www /www/cgi-bin; command -v httpd").await;
+        panic!("httpd is not serving in the VM: {diag}");
+    }
+
+    // Nothing is exposed: the host (where the edge runs) cannot reach the ports, and
+    // the edge has no route.
+    assert!(
+        !tcp_open(&ip, 8080),
+        "port 8080 is reachable before exposing"
+    );
+    let (code, _, body) = s.curl(&format!("web.{PREVIEW}"), "/", &[]);
+    assert_eq!(code, 404, "{body}");
+
+    // Expose 8080 as "web".
+    let path = format!("/workspace/{id}/public-access");
+    let (st, p) = s
+        .call(
+            "POST",
+            &path,
+            Some(json!({"port": 8080, "label": "site", "slug": "web"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{p}");
+    let url = p["port"]["url"].as_str().unwrap().to_string();
+    assert_eq!(url, format!("https://web.{PREVIEW}:{}", s.edge.port()));
+    assert_eq!(p["port"]["label"], "site");
+    let (code, version, body) = s.curl(&format!("web.{PREVIEW}"), "/", &["--http1.1"]);
+    assert_eq!(
+        (code, version.as_str(), body.trim()),
+        (200, "1.1", "hello-from-vm")
+    );
+    let (code, version, body) = s.curl(&format!("web.{PREVIEW}"), "/", &["--http2"]);
+    assert_eq!(
+        (code, version.as_str(), body.trim()),
+        (200, "2", "hello-from-vm")
+    );
+    // 8081 stays unreachable: from the host and through the edge.
+    assert!(
+        !tcp_open(&ip, 8081),
+        "port 8081 is reachable without being exposed"
+    );
+    assert!(
+        tcp_open(&ip, 8080),
+        "the exposed port is not admitted from the host"
+    );
+
+    // A WebSocket through the edge (TLS, then the upgrade spliced to the VM).
+    let msg = ws_client(
+        &s.ca,
+        &format!("wss://web.{PREVIEW}:{}/cgi-bin/ws", s.edge.port()),
+    );
+    assert_eq!(msg.as_deref(), Ok("hello from the vm!"));
+
+    // Bad input: a clear error and nothing changes.
+    for (body, st_want, code_want) in [
+        (json!({"port": 8080}), 409, "port_already_exposed"),
+        (json!({"port": 0}), 422, "validation_error"),
+        (json!({"port": 70000}), 422, "validation_error"),
+        (json!({"port": "x"}), 422, "validation_error"),
+        (json!({"label": "no port"}), 422, "validation_error"),
+        (
+            json!({"port": 9000, "slug": "Bad Slug"}),
+            422,
+            "validation_error",
+        ),
+        (json!({"port": 9000, "slug": "web"}), 409, "slug_taken"),
+        (
+            json!({"port": 9000, "domain": "not a domain"}),
+            422,
+            "validation_error",
+        ),
+    ] {
+        let (st, b) = s.call("POST", &path, Some(body.clone())).await;
+        assert_eq!(
+            (st, b["code"].as_str()),
+            (st_want, Some(code_want)),
+            "{body}: {b}"
+        );
+    }
+    let (_, list) = s.call("GET", &path, None).await;
+    assert_eq!(list["ports"].as_array().map(|a| a.len()), Some(1), "{list}");
+
+    // Up to 20 ports; the 21st is refused and changes nothing.
+    for port in 9001..=9019u16 {
+        let (st, b) = s.call("POST", &path, Some(json!({"port": port}))).await;
+        assert_eq!(st, 201, "{b}");
+    }
+    let (st, b) = s.call("POST", &path, Some(json!({"port": 9020}))).await;
+    assert_eq!(
+        (st, b["code"].as_str()),
+        (409, Some("port_limit_reached")),
+        "{b}"
+    );
+    let (_, list) = s.call("GET", &path, None).await;
+    assert_eq!(
+        list["ports"].as_array().map(|a| a.len()),
+        Some(20),
+        "{list}"
+    );
+    for port in 9001..=9019u16 {
+        let (st, b) = s.call("DELETE", &format!("{path}/{port}"), None).await;
+        assert_eq!(st, 200, "{b}");
+    }
+
+    // Rename: the new slug answers at once, the old one is gone.
+    let (st, b) = s
+        .call(
+            "PATCH",
+            &format!("{path}/8080"),
+            Some(json!({"slug": "site2"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(s.curl(&format!("site2.{PREVIEW}"), "/", &[]).0, 200);
+    assert_eq!(s.curl(&format!("web.{PREVIEW}"), "/", &[]).0, 404);
+
+    // A custom domain: invalid ones are refused; a valid one works at once with a
+    // certificate from the local CA.
+    let dpath = format!("/workspace/{id}/domain");
+    for bad in [
+        "not a domain",
+        "localhost",
+        "10.0.0.1",
+        &format!("x.{PREVIEW}"),
+    ] {
+        let (st, b) = s
+            .call("POST", &dpath, Some(json!({"domain": bad, "port": 8080})))
+            .await;
+        assert_eq!(st, 422, "{bad}: {b}");
+    }
+    let (_, none) = s.call("GET", &dpath, None).await;
+    assert_eq!(none["domain"], Value::Null, "{none}");
+    let (st, b) = s
+        .call(
+            "POST",
+            &dpath,
+            Some(json!({"domain": "App.Example.org", "port": 8080})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["domain"], "app.example.org");
+    assert_eq!(b["ssl"]["status"], "active");
+    let (code, _, body) = s.curl("app.example.org", "/", &[]);
+    assert_eq!((code, body.trim()), (200, "hello-from-vm"));
+    let (_, got) = s.call("GET", &dpath, None).await;
+    assert_eq!(got["domain"]["customDomain"], "app.example.org", "{got}");
+    let before = got["domain"]["sslExpiry"].clone();
+    let (st, b) = s.call("POST", &format!("{dpath}/ssl/renew"), None).await;
+    assert_eq!(st, 200, "{b}");
+    assert!(
+        b["ssl"]["expiresAt"].is_string() && before.is_string(),
+        "{b}"
+    );
+    assert_eq!(s.curl("app.example.org", "/", &[]).0, 200);
+
+    // The data-plane gateway through the edge, over HTTPS.
+    let (st, tok) = s
+        .call(
+            "POST",
+            &format!("/workspace/{id}/runtime-api-access/enable"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{tok}");
+    let auth = format!("Authorization: Bearer {}", tok["token"].as_str().unwrap());
+    let (code, _, body) = s.curl(
+        &format!("gateway.{PREVIEW}"),
+        "/exec",
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"cmd":["echo","through-the-edge"]}"#,
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("through-the-edge"), "{body}");
+
+    // Revoke: 404 at once, on the preview URL; the firewall closes again.
+    let (st, b) = s.call("DELETE", &format!("{path}/8080"), None).await;
+    assert_eq!(st, 200, "{b}");
+    let (code, _, _) = s.curl(&format!("site2.{PREVIEW}"), "/", &[]);
+    assert_eq!(code, 404);
+    let (st, b) = s.call("DELETE", &format!("{path}/8080"), None).await;
+    assert_eq!((st, b["code"].as_str()), (404, Some("not_found")), "{b}");
+    // The custom domain's port stays admitted until the domain goes too.
+    let (st, _) = s.call("DELETE", &dpath, None).await;
+    assert_eq!(st, 200);
+    // The name is unknown again: the edge has no certificate for it, so the TLS
+    // handshake itself is refused.
+    assert!(s.tls_refused("app.example.org"));
+    let t0 = Instant::now();
+    while tcp_open(&ip, 8080) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "8080 still admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    ssh_gateway(&s, &id, data.path()).await;
+
+    let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
+    assert_eq!(st, 202);
+    let t0 = Instant::now();
+    loop {
+        let (st, _) = s.call("GET", &format!("/workspace/{id}"), None).await;
+        if st == 404 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "workspace not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `ssh -i KEY -p PORT <id>@127.0.0.1 CMD`: (exit code, stdout, stderr).
+fn ssh(s: &Server, id: &str, key: &Path, cmd: &str) -> (i32, String, String) {
+    let out = Command::new("ssh")
+        .args(["-p", &s.ssh.port().to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("{id}@127.0.0.1"))
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh (scripts/install-deps.sh installs openssh-client)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// The SSH gateway: key set and enabled -> commands run in the VM through its agent
+/// (output and exit code); a wrong key, or SSH disabled, is refused.
+async fn ssh_gateway(s: &Server, id: &str, data: &Path) {
+    let (good, good_pub) = keygen(data, "good");
+    let (bad, _) = keygen(data, "bad");
+    let base = format!("/workspace/{id}/ssh");
+    let (st, b) = s.call("POST", &format!("{base}/enable"), None).await;
+    assert_eq!(
+        (st, b["code"].as_str()),
+        (409, Some("ssh_no_credentials")),
+        "{b}"
+    );
+    let (st, b) = s
+        .call(
+            "POST",
+            &format!("{base}/key"),
+            Some(json!({"public_key": "ssh-ed25519 nope"})),
+        )
+        .await;
+    assert_eq!(st, 422, "{b}");
+    let (st, b) = s
+        .call(
+            "POST",
+            &format!("{base}/password"),
+            Some(json!({"password": "short"})),
+        )
+        .await;
+    assert_eq!(st, 422, "{b}");
+    let (st, b) = s
+        .call(
+            "POST",
+            &format!("{base}/key"),
+            Some(json!({"public_key": good_pub})),
+        )
+        .await;
+    assert_eq!((st, b["ssh_key_set"].as_bool()), (200, Some(true)), "{b}");
+    // Not enabled yet: refused.
+    let (code, out, _) = ssh(s, id, &good, "echo no");
+    assert_eq!((code, out.as_str()), (255, ""));
+
+    let (st, b) = s.call("POST", &format!("{base}/enable"), None).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b["connection"]["command"],
+        format!("ssh -p {} {id}@127.0.0.1", s.ssh.port())
+    );
+    let (code, out, err) = ssh(
+        s,
+        id,
+        &good,
+        "echo hi-$((1+2)); echo oops >&2; hostname; exit 3",
+    );
+    assert_eq!(code, 3, "stdout {out} stderr {err}");
+    assert!(out.starts_with("hi-3\n"), "{out}");
+    assert!(out.contains(&format!("ws-{}", &id[3..])), "{out}");
+    assert!(err.contains("oops"), "{err}");
+    let (code, out, _) = ssh(s, id, &bad, "echo no");
+    assert_eq!((code, out.as_str()), (255, ""), "a wrong key got in");
+    let (code, _, _) = ssh(s, "ws_nosuch", &good, "echo no");
+    assert_eq!(code, 255);
+
+    let (st, b) = s.call("POST", &format!("{base}/disable"), None).await;
+    assert_eq!((st, b["ssh_enabled"].as_bool()), (200, Some(false)), "{b}");
+    let (code, out, _) = ssh(s, id, &good, "echo no");
+    assert_eq!(
+        (code, out.as_str()),
+        (255, ""),
+        "SSH disabled but a login worked"
+    );
+}

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+# The `ws` WebSocket client of tests/compat, which the edge's Rust test drives too.
+[ -d tests/compat/node_modules/ws ] || (cd tests/compat && npm ci --no-audit --no-fund --loglevel=error >&2)
 bindir=$(scripts/build.sh)
 export WARREN_AGENT="$PWD/target/x86_64-unknown-linux-gnu/agent/warren-agent"
 export WARREN_CACHE_DIR="${WARREN_CACHE_DIR:-/var/cache/warren}"

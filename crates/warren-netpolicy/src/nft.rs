@@ -274,7 +274,11 @@ pub fn workspace_script(a: &Attachment, c: &Compiled) -> String {
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
-            r(&mut s, &agent, &format!("ip saddr {h} tcp dport {{ {p} }} return"));
+            r(
+                &mut s,
+                &agent,
+                &format!("ip saddr {h} tcp dport {{ {p} }} return"),
+            );
         }
         admit_sources(&mut s, &agent, &src, &c.ingress_ports);
     }

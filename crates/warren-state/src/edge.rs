@@ -352,7 +352,10 @@ mod tests {
             created_at: now(),
         };
         s.set_edge_domain(&d).await.unwrap();
-        assert_eq!(s.edge_domain("app.example.org").await.unwrap(), Some(d.clone()));
+        assert_eq!(
+            s.edge_domain("app.example.org").await.unwrap(),
+            Some(d.clone())
+        );
         assert_eq!(s.edge_domain_of(&id).await.unwrap(), Some(d));
         assert_eq!(
             s.delete_edge_domain(&id).await.unwrap().as_deref(),

@@ -544,7 +544,18 @@ async fn public_ports_domains_and_the_gateway_through_the_edge() {
 
 /// `ssh -i KEY -p PORT <id>@127.0.0.1 CMD`: (exit code, stdout, stderr).
 fn ssh(s: &Server, id: &str, key: &Path, cmd: &str) -> (i32, String, String) {
-    let out = Command::new("ssh")
+    ssh_with_input(s, id, key, cmd, None)
+}
+
+fn ssh_with_input(
+    s: &Server,
+    id: &str,
+    key: &Path,
+    cmd: &str,
+    input: Option<&[u8]>,
+) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("ssh")
         .args(["-p", &s.ssh.port().to_string(), "-i"])
         .arg(key)
         .args([
@@ -563,9 +574,19 @@ fn ssh(s: &Server, id: &str, key: &Path, cmd: &str) -> (i32, String, String) {
         ])
         .arg(format!("{id}@127.0.0.1"))
         .arg(cmd)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run ssh (scripts/install-deps.sh installs openssh-client)");
+    if let (Some(data), Some(mut w)) = (input, child.stdin.take()) {
+        w.write_all(data).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -641,6 +662,34 @@ async fn ssh_gateway(s: &Server, id: &str, data: &Path) {
     assert!(out.starts_with("hi-3\n"), "{out}");
     assert!(out.contains(&format!("ws-{}", &id[3..])), "{out}");
     assert!(err.contains("oops"), "{err}");
+    // Stdin reaches the command: a file copied in and read back.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (code, out, err) = ssh_with_input(
+        s,
+        id,
+        &good,
+        "cat > /tmp/up.bin; wc -c < /tmp/up.bin",
+        Some(&data),
+    );
+    assert_eq!((code, out.trim()), (0, "200000"), "{err}");
+    let (code, out, _) = ssh(s, id, &good, "md5sum < /tmp/up.bin");
+    let local = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.split_whitespace().next(),
+        String::from_utf8_lossy(&local.stdout)
+            .split_whitespace()
+            .next()
+    );
     let (code, out, _) = ssh(s, id, &bad, "echo no");
     assert_eq!((code, out.as_str()), (255, ""), "a wrong key got in");
     let (code, _, _) = ssh(s, "ws_nosuch", &good, "echo no");

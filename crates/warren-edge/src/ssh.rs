@@ -3,8 +3,8 @@
 //! The user name names the workspace. Authentication is the public key or password
 //! set through `/workspace/:id/ssh` (and SSH must be enabled there). A command
 //! (`exec`) runs through the workspace's agent (`POST /exec/stream`), its stdout and
-//! stderr streamed back on the channel and its exit code returned, so the image needs
-//! no sshd. Interactive shells (PTY), the sftp subsystem (and so scp) and port
+//! stderr streamed back on the channel, the channel's input fed to its stdin
+//! (`POST /exec/:id/input`), and its exit code returned, so the image needs no sshd. Interactive shells (PTY), the sftp subsystem (and so scp) and port
 //! forwarding are not built yet: the channel request is refused with a message saying
 //! so.
 
@@ -12,6 +12,7 @@ use crate::seal::MasterKey;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, CryptoVec};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -137,6 +138,7 @@ impl russh::server::Server for Gateway {
             store: self.store.clone(),
             peer,
             workspace: None,
+            stdin: HashMap::new(),
         }
     }
 }
@@ -146,6 +148,8 @@ struct Conn {
     peer: Option<SocketAddr>,
     /// The authenticated workspace.
     workspace: Option<String>,
+    /// Stdin of each running command (`None`: end of input).
+    stdin: HashMap<ChannelId, tokio::sync::mpsc::UnboundedSender<Option<Vec<u8>>>>,
 }
 
 impl Conn {
@@ -226,12 +230,37 @@ impl russh::server::Handler for Conn {
         session.channel_success(channel)?;
         let handle = session.handle();
         let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.stdin.insert(channel, tx);
         tokio::spawn(async move {
-            let code = run(&store, &id, command, &handle, channel).await;
+            let code = run(&store, &id, command, &handle, channel, rx).await;
             let _ = handle.exit_status_request(channel, code).await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
         });
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.stdin.get(&channel) {
+            let _ = tx.send(Some(data.to_vec()));
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.stdin.remove(&channel) {
+            let _ = tx.send(None);
+        }
         Ok(())
     }
 
@@ -283,6 +312,7 @@ async fn run(
     command: String,
     handle: &russh::server::Handle,
     channel: ChannelId,
+    mut stdin: tokio::sync::mpsc::UnboundedReceiver<Option<Vec<u8>>>,
 ) -> u32 {
     let say = |msg: String| async move {
         let _ = handle
@@ -325,9 +355,35 @@ async fn run(
         ..ExecRequest::default()
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let base = format!("http://{ip}:{API_PORT}");
+    let token = token.to_string();
     let forward = async {
         while let Some(ev) = rx.recv().await {
             match ev {
+                // The task exists: pump the channel's input into its stdin (an empty
+                // body closes it).
+                warren_sdk::ExecEvent::TaskId(task) => {
+                    let url = format!("{base}/exec/{task}/input");
+                    let token = token.clone();
+                    let mut stdin =
+                        std::mem::replace(&mut stdin, tokio::sync::mpsc::unbounded_channel().1);
+                    tokio::spawn(async move {
+                        let http = reqwest::Client::new();
+                        loop {
+                            let chunk = stdin.recv().await.flatten();
+                            let end = chunk.is_none();
+                            let r = http
+                                .post(&url)
+                                .bearer_auth(&token)
+                                .body(chunk.unwrap_or_default())
+                                .send()
+                                .await;
+                            if end || r.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
                 warren_sdk::ExecEvent::Stdout(b) => {
                     let _ = handle.data(channel, CryptoVec::from(b)).await;
                 }
@@ -339,7 +395,7 @@ async fn run(
         }
     };
     let exec = async move {
-        let r = rt.exec_stream(&req, |ev| {
+        let r = rt.exec_stream(&req, move |ev| {
             let _ = tx.send(ev);
         });
         r.await

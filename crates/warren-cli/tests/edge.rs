@@ -8,6 +8,8 @@
 //! edge over HTTPS.
 
 mod common;
+#[path = "support/internet.rs"]
+mod internet;
 
 use common::*;
 use serde_json::{json, Value};
@@ -182,14 +184,16 @@ impl Drop for Server {
     }
 }
 
-/// On a failed test, kill the VMs under `data` (they outlive the server).
-struct KillVmsOnPanic(PathBuf);
+/// On a failed test, kill the VMs under `data` (they outlive the server) and release
+/// the leases the server held.
+struct KillVmsOnPanic(PathBuf, Arc<Mutex<Vec<u32>>>);
 
 impl Drop for KillVmsOnPanic {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
+        let servers = self.1.lock().map(|v| v.clone()).unwrap_or_default();
         let marker = self.0.join("workspaces").display().to_string();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
@@ -199,6 +203,7 @@ impl Drop for KillVmsOnPanic {
                 let _ = Command::new("kill").args(["-9", &pid]).status();
             }
         }
+        internet::release_leases_of(&servers);
     }
 }
 
@@ -270,8 +275,10 @@ fn tcp_open(ip: &str, port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_ports_domains_and_the_gateway_through_the_edge() {
     let data = tempfile::tempdir().unwrap();
-    let _cleanup = KillVmsOnPanic(data.path().to_path_buf());
+    let servers = Arc::new(Mutex::new(Vec::new()));
+    let _cleanup = KillVmsOnPanic(data.path().to_path_buf(), servers.clone());
     let s = Server::start(data.path());
+    servers.lock().unwrap().push(s.child.id());
     let ca_pem = std::fs::read_to_string(&s.ca).unwrap();
     assert!(ca_pem.contains("BEGIN CERTIFICATE"));
     // The root certificate is downloadable from the API without credentials.

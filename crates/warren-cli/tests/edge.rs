@@ -10,128 +10,60 @@
 mod common;
 #[path = "support/internet.rs"]
 mod internet;
+#[path = "support/server.rs"]
+mod server;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use server::*;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use warren_protocol::runtime::{ExecMode, ExecRequest};
 use warren_sdk::RuntimeClient;
 
 const PREVIEW: &str = "warren.test";
 
-struct Server {
-    child: Child,
-    url: String,
+/// A server with the edge (on `PREVIEW`) and the SSH gateway, both on free ports.
+struct EdgeServer {
+    s: Server,
     edge: SocketAddr,
-    ssh: SocketAddr,
     ca: PathBuf,
-    creds: (String, String),
-    stderr: Arc<Mutex<String>>,
+    ssh: SocketAddr,
 }
 
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["server", "--api-addr", "127.0.0.1:0"])
-            .args([
-                "--gateway-addr",
+impl std::ops::Deref for EdgeServer {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.s
+    }
+}
+
+impl EdgeServer {
+    fn start(data: &Path) -> EdgeServer {
+        let s = Server::start_with(
+            data,
+            &[
+                "--edge-addr",
                 "127.0.0.1:0",
-                "--default-image",
-                "busybox",
-            ])
-            .args(["--edge-addr", "127.0.0.1:0", "--preview-domain", PREVIEW])
-            .args(["--ssh-addr", "127.0.0.1:0"])
-            .args(["--kernel", "debian"])
-            .env("WARREN_DATA_DIR", data)
-            .env("WARREN_CACHE_DIR", cache_dir())
-            .env("WARREN_AGENT", agent())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn warren server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            let mut edge = None;
-            let mut ssh = None;
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(rest) = line.strip_prefix("warren: edge listening on https://") {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let ca = rest
-                        .split("(CA: ")
-                        .nth(1)
-                        .map(|s| s.trim_end_matches(')').to_string());
-                    edge = addr.parse::<SocketAddr>().ok().zip(ca);
-                }
-                if let Some(a) = line.strip_prefix("warren: ssh gateway listening on ") {
-                    ssh = a.trim().parse::<SocketAddr>().ok();
-                }
-                if let Some(url) = line.strip_prefix("warren: api listening on ") {
-                    let _ = tx.send((url.to_string(), edge.clone(), ssh));
-                }
-            }
-        });
-        let (url, edge, ssh) = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
-        let (edge, ca) = edge
-            .unwrap_or_else(|| panic!("the server announced no edge: {}", stderr.lock().unwrap()));
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(data.join("credentials.json")).unwrap()).unwrap();
-        let ssh = ssh.unwrap_or_else(|| panic!("no ssh gateway: {}", stderr.lock().unwrap()));
-        Server {
-            child,
-            url,
-            edge,
-            ssh,
-            ca: PathBuf::from(ca),
-            creds: (
-                v["client_id"].as_str().unwrap().to_string(),
-                v["client_secret"].as_str().unwrap().to_string(),
-            ),
-            stderr,
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = reqwest::Client::new()
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}{}", self.url, path),
-            )
-            .header("X-Client-ID", &self.creds.0)
-            .header("X-Client-Secret", &self.creds.1);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let s = resp.status().as_u16();
-        (s, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ready(&self, id: &str) -> Value {
-        let t0 = Instant::now();
-        loop {
-            let (_, b) = self.call("GET", &format!("/workspace/{id}"), None).await;
-            if b["workspace"]["ready"] == true {
-                return b["workspace"].clone();
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(180),
-                "{id} never became ready: {b}\n{}",
-                self.stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                "--preview-domain",
+                PREVIEW,
+                "--ssh-addr",
+                "127.0.0.1:0",
+                "--kernel",
+                "debian",
+            ],
+        );
+        let (edge, ca) = s
+            .edge
+            .clone()
+            .unwrap_or_else(|| panic!("the server announced no edge: {}", s.log()));
+        let ssh = s
+            .ssh
+            .unwrap_or_else(|| panic!("no ssh gateway: {}", s.log()));
+        EdgeServer { s, edge, ca, ssh }
     }
 
     /// `curl` over HTTPS to `host` at the edge, trusting only our CA: (status, HTTP
@@ -156,13 +88,11 @@ impl Server {
             code != 0,
             "curl to {host}{path} failed: {}\nserver: {}",
             String::from_utf8_lossy(&out.stderr),
-            self.stderr.lock().unwrap()
+            self.log()
         );
         (code, version, body.to_string())
     }
-}
 
-impl Server {
     /// Does the edge refuse the TLS handshake for `host` (curl's exit code 35)?
     fn tls_refused(&self, host: &str) -> bool {
         let port = self.edge.port();
@@ -174,36 +104,6 @@ impl Server {
             .status()
             .expect("run curl");
         st.code() == Some(35)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// On a failed test, kill the VMs under `data` (they outlive the server) and release
-/// the leases the server held.
-struct KillVmsOnPanic(PathBuf, Arc<Mutex<Vec<u32>>>);
-
-impl Drop for KillVmsOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let servers = self.1.lock().map(|v| v.clone()).unwrap_or_default();
-        let marker = self.0.join("workspaces").display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("qemu-system") && cmd.contains(&marker) {
-                let pid = e.file_name().to_string_lossy().to_string();
-                let _ = Command::new("kill").args(["-9", &pid]).status();
-            }
-        }
-        internet::release_leases_of(&servers);
     }
 }
 
@@ -275,10 +175,9 @@ fn tcp_open(ip: &str, port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_ports_domains_and_the_gateway_through_the_edge() {
     let data = tempfile::tempdir().unwrap();
-    let servers = Arc::new(Mutex::new(Vec::new()));
-    let _cleanup = KillVmsOnPanic(data.path().to_path_buf(), servers.clone());
-    let s = Server::start(data.path());
-    servers.lock().unwrap().push(s.child.id());
+    let cleanup = KillVmsOnPanic::new(data.path(), internet::release_leases_of);
+    let s = EdgeServer::start(data.path());
+    cleanup.track(&s);
     let ca_pem = std::fs::read_to_string(&s.ca).unwrap();
     assert!(ca_pem.contains("BEGIN CERTIFICATE"));
     // The root certificate is downloadable from the API without credentials.
@@ -303,7 +202,7 @@ async fn public_ports_domains_and_the_gateway_through_the_edge() {
         .await;
     assert_eq!(st, 201, "{w}");
     let id = w["workspace"]["id"].as_str().unwrap().to_string();
-    let ip = s.ready(&id).await["internal_ip"]
+    let ip = s.ready(&id, 180).await["internal_ip"]
         .as_str()
         .unwrap()
         .to_string();
@@ -550,12 +449,12 @@ async fn public_ports_domains_and_the_gateway_through_the_edge() {
 }
 
 /// `ssh -i KEY -p PORT <id>@127.0.0.1 CMD`: (exit code, stdout, stderr).
-fn ssh(s: &Server, id: &str, key: &Path, cmd: &str) -> (i32, String, String) {
+fn ssh(s: &EdgeServer, id: &str, key: &Path, cmd: &str) -> (i32, String, String) {
     ssh_with_input(s, id, key, cmd, None)
 }
 
 fn ssh_with_input(
-    s: &Server,
+    s: &EdgeServer,
     id: &str,
     key: &Path,
     cmd: &str,
@@ -615,7 +514,7 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 
 /// The SSH gateway: key set and enabled -> commands run in the VM through its agent
 /// (output and exit code); a wrong key, or SSH disabled, is refused.
-async fn ssh_gateway(s: &Server, id: &str, data: &Path) {
+async fn ssh_gateway(s: &EdgeServer, id: &str, data: &Path) {
     let (good, good_pub) = keygen(data, "good");
     let (bad, _) = keygen(data, "bad");
     let base = format!("/workspace/{id}/ssh");

@@ -4,157 +4,17 @@
 //! no workspace and leaves no orphan once it is back.
 
 mod common;
+#[path = "support/server.rs"]
+mod server;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use warren_sdk::ControlClient;
+use server::*;
+use std::process::Command;
+use std::time::Duration;
 
 /// Servers share the host's address pool and taps: one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Server {
-    child: Child,
-    url: String,
-    data: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        Self::start_with(data, &[])
-    }
-
-    fn start_with(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args([
-                "server",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--gateway-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--default-image", "busybox"])
-            .args(extra)
-            .env("WARREN_DATA_DIR", data)
-            .env("WARREN_CACHE_DIR", cache_dir())
-            .env("WARREN_AGENT", agent())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn warren server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(url) = line.strip_prefix("warren: api listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
-        Server {
-            child,
-            url,
-            data: data.to_path_buf(),
-            stderr,
-        }
-    }
-
-    fn creds(&self) -> (String, String) {
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap())
-                .unwrap();
-        (
-            v["client_id"].as_str().unwrap().to_string(),
-            v["client_secret"].as_str().unwrap().to_string(),
-        )
-    }
-
-    fn sdk(&self) -> ControlClient {
-        let (id, secret) = self.creds();
-        ControlClient::new(&self.url, &id, &secret).unwrap()
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (id, secret) = self.creds();
-        let mut r = reqwest::Client::new()
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}{}", self.url, path),
-            )
-            .header("X-Client-ID", id)
-            .header("X-Client-Secret", secret);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let s = resp.status().as_u16();
-        (s, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            // A failed test must not leave its VMs running (they outlive the server).
-            let marker = self.data.join("workspaces").display().to_string();
-            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let pid = e.file_name().to_string_lossy().to_string();
-                if pid.parse::<u32>().is_err() {
-                    continue;
-                }
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd);
-                if cmd.contains("qemu-system") && cmd.contains(&marker) {
-                    let _ = Command::new("kill").args(["-9", &pid]).status();
-                }
-            }
-            // And their host-wide leases and taps (no later reconcile would know
-            // they were this test's once its directory is gone).
-            let ours: Vec<String> = run_dirs(&self.data);
-            let leases = Path::new("/run/warren/net/leases");
-            for e in std::fs::read_dir(leases).into_iter().flatten().flatten() {
-                let v: Value = std::fs::read(e.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                if v["workspace_id"]
-                    .as_str()
-                    .is_some_and(|id| ours.iter().any(|o| o == id))
-                {
-                    if let Some(tap) = v["tap"].as_str() {
-                        let _ = Command::new("ip")
-                            .args(["link", "del", "dev", tap])
-                            .status();
-                    }
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-    }
-}
 
 /// `warren <args>` as a client of `s`: (exit code, stdout, stderr).
 fn cli(s: &Server, args: &[&str]) -> (i32, String, String) {
@@ -171,72 +31,6 @@ fn cli(s: &Server, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn small(extra: Value) -> Value {
-    let mut b = json!({"image": "busybox", "memory_mb": 256, "disk_size_mb": 128});
-    for (k, v) in extra.as_object().unwrap() {
-        b[k] = v.clone();
-    }
-    b
-}
-
-async fn wait_for(
-    s: &Server,
-    id: &str,
-    secs: u64,
-    what: impl Fn(Option<&Value>) -> bool,
-) -> Option<Value> {
-    let t0 = Instant::now();
-    loop {
-        let (st, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
-        let w = (st == 200).then(|| b["workspace"].clone());
-        if what(w.as_ref()) {
-            return w;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "workspace {id} never got there; last: {st} {b}\nserver log:\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// No VMM of `id` is left, allowing a killed one a few seconds to finish exiting
-/// (SIGKILL is asynchronous; a VM's memory takes a moment to tear down).
-fn vmm_gone(id: &str) -> bool {
-    let t0 = Instant::now();
-    while vmm_running(id) {
-        if t0.elapsed() > Duration::from_secs(5) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    true
-}
-
-fn vmm_running(id: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(&format!("/workspaces/{id}/"))
-            })
-            .unwrap_or(false)
-    })
-}
-
-fn run_dirs(data: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(data.join("workspaces"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 async fn delete_all(s: &Server) {

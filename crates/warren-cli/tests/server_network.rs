@@ -6,107 +6,24 @@
 mod common;
 #[path = "support/internet.rs"]
 mod internet;
+#[path = "support/server.rs"]
+mod server;
 
-use common::*;
 use internet::Internet;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use server::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warren_protocol::runtime::{ExecMode, ExecRequest};
 use warren_sdk::RuntimeClient;
 
-struct Server {
-    child: Child,
-    url: String,
-    creds: (String, String),
-    stderr: Arc<Mutex<String>>,
+/// A server with the fake internet's DNS server as upstream.
+fn start_server(data: &Path, upstream: &str) -> Server {
+    // Debian's kernel: guest timers must work (see tests/network.rs).
+    Server::start_with(data, &["--dns-upstream", upstream, "--kernel", "debian"])
 }
 
 impl Server {
-    fn start(data: &Path, upstream: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["server", "--api-addr", "127.0.0.1:0"])
-            .args([
-                "--gateway-addr",
-                "127.0.0.1:0",
-                "--default-image",
-                "busybox",
-            ])
-            .args(["--dns-upstream", upstream])
-            // Debian's kernel: guest timers must work (see tests/network.rs).
-            .args(["--kernel", "debian"])
-            .env("WARREN_DATA_DIR", data)
-            .env("WARREN_CACHE_DIR", cache_dir())
-            .env("WARREN_AGENT", agent())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn warren server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(url) = line.strip_prefix("warren: api listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(data.join("credentials.json")).unwrap()).unwrap();
-        let creds = (
-            v["client_id"].as_str().unwrap().to_string(),
-            v["client_secret"].as_str().unwrap().to_string(),
-        );
-        Server {
-            child,
-            url,
-            creds,
-            stderr,
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = reqwest::Client::new()
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}{}", self.url, path),
-            )
-            .header("X-Client-ID", &self.creds.0)
-            .header("X-Client-Secret", &self.creds.1);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let s = resp.status().as_u16();
-        (s, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ready(&self, id: &str) -> Value {
-        let t0 = Instant::now();
-        loop {
-            let (_, b) = self.call("GET", &format!("/workspace/{id}"), None).await;
-            if b["workspace"]["ready"] == true {
-                return b["workspace"].clone();
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "{id} never became ready: {b}\n{}",
-                self.stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
     /// The agent of `id`, reached directly (the host always reaches the agent port):
     /// its URL and token.
     async fn agent(&self, id: &str) -> (String, String) {
@@ -122,41 +39,6 @@ impl Server {
             b["url"].as_str().unwrap().to_string(),
             b["token"].as_str().unwrap().to_string(),
         )
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// On a failed test, kill the VMs under `data` (they outlive the server) and release
-/// the leases the servers held (no later server knows them once `data` is gone).
-struct KillVmsOnPanic(std::path::PathBuf, Arc<Mutex<Vec<u32>>>);
-
-impl Drop for KillVmsOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let servers = self.1.lock().map(|v| v.clone()).unwrap_or_default();
-        internet::release_leases_of(&servers);
-        let marker = self.0.join("workspaces").display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("qemu-system") && cmd.contains(&marker) {
-                let pid = e.file_name().to_string_lossy().to_string();
-                let _ = Command::new("kill").args(["-9", &pid]).status();
-            }
-        }
     }
 }
 
@@ -200,10 +82,9 @@ async fn network_endpoints_live_changes_and_restart() {
     let net = Internet::new("s", "198.51.100");
     let outside = format!("http://{}:8080/", net.addr(2));
     let data = tempfile::tempdir().unwrap();
-    let servers = Arc::new(Mutex::new(Vec::new()));
-    let _cleanup = KillVmsOnPanic(data.path().to_path_buf(), servers.clone());
-    let s = Server::start(data.path(), &format!("{}:53", net.addr(2)));
-    servers.lock().unwrap().push(s.child.id());
+    let cleanup = KillVmsOnPanic::new(data.path(), internet::release_leases_of);
+    let s = start_server(data.path(), &format!("{}:53", net.addr(2)));
+    cleanup.track(&s);
 
     // Bad input: a 422 naming the field, and nothing is created.
     for (cfg, field) in [
@@ -253,11 +134,11 @@ async fn network_endpoints_live_changes_and_restart() {
         a["workspace"]["id"].as_str().unwrap().to_string(),
         b["workspace"]["id"].as_str().unwrap().to_string(),
     );
-    let a_ip = s.ready(&a_id).await["internal_ip"]
+    let a_ip = s.ready(&a_id, 120).await["internal_ip"]
         .as_str()
         .unwrap()
         .to_string();
-    let b_ip = s.ready(&b_id).await["internal_ip"]
+    let b_ip = s.ready(&b_id, 120).await["internal_ip"]
         .as_str()
         .unwrap()
         .to_string();
@@ -382,8 +263,8 @@ async fn network_endpoints_live_changes_and_restart() {
     .unwrap();
     assert!(warren_netpolicy::nft::indices_in_table().contains(&stale));
 
-    let s = Server::start(data.path(), &format!("{}:53", net.addr(2)));
-    servers.lock().unwrap().push(s.child.id());
+    let s = start_server(data.path(), &format!("{}:53", net.addr(2)));
+    cleanup.track(&s);
     let t0 = Instant::now();
     while !warren_netpolicy::nft::indices_in_table().contains(&a_idx) {
         assert!(
@@ -396,8 +277,8 @@ async fn network_endpoints_live_changes_and_restart() {
         !warren_netpolicy::nft::indices_in_table().contains(&stale),
         "rules of no workspace are removed at start"
     );
-    s.ready(&a_id).await;
-    s.ready(&b_id).await;
+    s.ready(&a_id, 120).await;
+    s.ready(&b_id, 120).await;
     let (ra, rb) = (s.agent(&a_id).await, s.agent(&b_id).await);
     assert_eq!(
         fetch(&ra, &outside).await.unwrap_or_default().trim(),

@@ -3,197 +3,18 @@
 //! every file and process, across repeated cycles and a server restart.
 
 mod common;
+#[path = "support/server.rs"]
+mod server;
 
-use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use server::*;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use warren_protocol::runtime::{ExecMode, ExecRequest};
-use warren_sdk::{ControlClient, RuntimeClient};
+use warren_sdk::RuntimeClient;
 
 /// Servers share the host's address pool and taps: one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Server {
-    child: Child,
-    url: String,
-    data: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args([
-                "server",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--gateway-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--default-image", "busybox"])
-            .args(extra)
-            .env("WARREN_DATA_DIR", data)
-            .env("WARREN_CACHE_DIR", cache_dir())
-            .env("WARREN_AGENT", agent())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn warren server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(url) = line.strip_prefix("warren: api listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
-        Server {
-            child,
-            url,
-            data: data.to_path_buf(),
-            stderr,
-        }
-    }
-
-    fn creds(&self) -> (String, String) {
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap())
-                .unwrap();
-        (
-            v["client_id"].as_str().unwrap().to_string(),
-            v["client_secret"].as_str().unwrap().to_string(),
-        )
-    }
-
-    fn sdk(&self) -> ControlClient {
-        let (id, secret) = self.creds();
-        ControlClient::new(&self.url, &id, &secret).unwrap()
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (id, secret) = self.creds();
-        let mut r = reqwest::Client::new()
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}{}", self.url, path),
-            )
-            .header("X-Client-ID", id)
-            .header("X-Client-Secret", secret);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let s = resp.status().as_u16();
-        (s, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.log());
-            // A failed test must not leave its VMs, taps or leases behind.
-            let marker = self.data.join("workspaces").display().to_string();
-            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let pid = e.file_name().to_string_lossy().to_string();
-                if pid.parse::<u32>().is_err() {
-                    continue;
-                }
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd);
-                if cmd.contains("qemu-system") && cmd.contains(&marker) {
-                    let _ = Command::new("kill").args(["-9", &pid]).status();
-                }
-            }
-            let ours = run_dirs(&self.data);
-            for e in std::fs::read_dir("/run/warren/net/leases")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let v: Value = std::fs::read(e.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                if v["workspace_id"]
-                    .as_str()
-                    .is_some_and(|id| ours.iter().any(|o| o == id))
-                {
-                    if let Some(tap) = v["tap"].as_str() {
-                        let _ = Command::new("ip")
-                            .args(["link", "del", "dev", tap])
-                            .status();
-                    }
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-    }
-}
-
-fn run_dirs(data: &Path) -> Vec<String> {
-    std::fs::read_dir(data.join("workspaces"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn small(extra: Value) -> Value {
-    let mut b = json!({"image": "busybox", "memory_mb": 256, "disk_size_mb": 128});
-    for (k, v) in extra.as_object().unwrap() {
-        b[k] = v.clone();
-    }
-    b
-}
-
-fn vmm_running(id: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(&format!("/workspaces/{id}/"))
-            })
-            .unwrap_or(false)
-    })
-}
-
-/// No VMM of `id` is left (a killed process takes a moment to go).
-fn vmm_gone(id: &str) -> bool {
-    let t0 = Instant::now();
-    while vmm_running(id) {
-        if t0.elapsed() > Duration::from_secs(5) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
 
 async fn sh(rt: &RuntimeClient, script: &str) -> (i32, String) {
     let t = rt
@@ -219,7 +40,7 @@ fn host_now() -> i64 {
 async fn files_and_processes_survive_five_freezes_to_disk_and_a_server_restart() {
     let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path(), &[]);
+    let s = Server::start(data.path());
     let r = s
         .sdk()
         .create(&small(json!({"wait_ready": true})))
@@ -315,7 +136,7 @@ async fn files_and_processes_survive_five_freezes_to_disk_and_a_server_restart()
     s.kill9();
     // A half-written save from a crash is an orphan the restart removes.
     std::fs::write(dir.join(".memory.state.tmp"), b"partial").unwrap();
-    let s = Server::start(data.path(), &[]);
+    let s = Server::start(data.path());
     let (st, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
     assert_eq!(
         (st, b["workspace"]["status"].as_str()),
@@ -372,7 +193,7 @@ fn vmm_cmdline(id: &str) -> Option<String> {
 async fn workspaces_from_one_template_each_get_their_own_identity() {
     let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path(), &[]);
+    let s = Server::start(data.path());
     let mut ids = Vec::new();
     for _ in 0..2 {
         let r = s
@@ -489,7 +310,7 @@ async fn workspaces_from_one_template_each_get_their_own_identity() {
 async fn a_restored_snapshot_has_the_files_before_it_and_not_those_after() {
     let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path(), &[]);
+    let s = Server::start(data.path());
     let r = s
         .sdk()
         .create(&small(json!({"wait_ready": true})))
@@ -668,7 +489,7 @@ async fn a_restored_snapshot_has_the_files_before_it_and_not_those_after() {
 async fn an_idle_workspace_sleeps_and_a_request_through_the_gateway_wakes_it() {
     let _g = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path(), &["--idle-min-secs", "1"]);
+    let s = Server::start_with(data.path(), &["--idle-min-secs", "1"]);
     let r = s
         .sdk()
         .create(&small(json!({"wait_ready": true})))

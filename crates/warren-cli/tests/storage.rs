@@ -5,176 +5,22 @@
 //! delete destroys the key.
 
 mod common;
+#[path = "support/server.rs"]
+mod server;
 
 use common::*;
 use serde_json::{json, Value};
+use server::*;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 use warren_kms::KeyManager;
 use warren_protocol::runtime::ExecRequest;
-use warren_sdk::ControlClient;
 
 /// Servers share the host's address pool and taps: one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Server {
-    child: Child,
-    url: String,
-    data: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn server_cmd(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
-    c.args([
-        "server",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--gateway-addr",
-        "127.0.0.1:0",
-    ])
-    .args(["--default-image", "busybox"])
-    .env("WARREN_DATA_DIR", data)
-    .env("WARREN_CACHE_DIR", cache_dir())
-    .env("WARREN_AGENT", agent())
-    .env_remove("WARREN_MASTER_KEY_FILE")
-    .env_remove("RUST_LOG");
-    c
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = server_cmd(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn warren server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(url) = line.strip_prefix("warren: api listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().unwrap()));
-        Server {
-            child,
-            url,
-            data: data.to_path_buf(),
-            stderr,
-        }
-    }
-
-    fn sdk(&self) -> ControlClient {
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap())
-                .unwrap();
-        ControlClient::new(
-            &self.url,
-            v["client_id"].as_str().unwrap(),
-            v["client_secret"].as_str().unwrap(),
-        )
-        .unwrap()
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(self.data.join("credentials.json")).unwrap())
-                .unwrap();
-        let mut r = reqwest::Client::new()
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}{}", self.url, path),
-            )
-            .header("X-Client-ID", v["client_id"].as_str().unwrap())
-            .header("X-Client-Secret", v["client_secret"].as_str().unwrap());
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let s = resp.status().as_u16();
-        (s, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Stop the server (SIGTERM, then wait); workspaces' VMs are left as they are.
-    fn shutdown(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            kill_vms_of(&self.data);
-        }
-    }
-}
-
-/// A failed test must not leave its VMs running (they outlive the server).
-fn kill_vms_of(data: &Path) {
-    let marker = data.join("workspaces").display().to_string();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = e.file_name().to_string_lossy().to_string();
-        if pid.parse::<u32>().is_err() {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("qemu-system") && cmd.contains(&marker) {
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-        }
-    }
-}
-
-async fn wait_for(
-    s: &Server,
-    id: &str,
-    secs: u64,
-    what: impl Fn(Option<&Value>) -> bool,
-) -> Option<Value> {
-    let t0 = Instant::now();
-    loop {
-        let (st, b) = s.call("GET", &format!("/workspace/{id}"), None).await;
-        let w = (st == 200).then(|| b["workspace"].clone());
-        if what(w.as_ref()) {
-            return w;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "workspace {id} never got there; last: {st} {b}\nserver log:\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn sh(s: &Server, id: &str, script: &str) -> (i32, String, String) {
     let rt = s.sdk().runtime(id).await.unwrap();
@@ -281,7 +127,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u64, i64, String)> {
 
 /// Start a server that must refuse to start; returns its stderr.
 fn refused_start(data: &Path) -> String {
-    let out = server_cmd(data)
+    let out = Server::command(data, &[])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -196,10 +196,4 @@ async fn a_new_connection_replaces_the_old_one_and_bad_input_is_refused() {
     assert_eq!(s.as_u16(), 422, "{v}");
     let (_, list) = a.get("/terminals").await;
     assert_eq!(list["terminals"], json!([]));
-
-    // What is not built yet says so.
-    for path in ["/files/search?q=x", "/files/search/files?q=x"] {
-        let (s, v) = a.get(path).await;
-        assert_error(s, &v, 501, "not_implemented");
-    }
 }

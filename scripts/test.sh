@@ -22,8 +22,10 @@ scripts/build-kernel.sh >/dev/null
 "$bindir/warren" image-build busybox >/dev/null
 "$bindir/warren" image-build debian-12 >/dev/null
 
-cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/warren-test.log
-rust_status=${PIPESTATUS[0]}
+# A failing cargo test must not stop the script (set -e with pipefail would): the
+# compat tests still run, and the status is reported at the end.
+rust_status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/warren-test.log || rust_status=${PIPESTATUS[0]}
 
 # The official oblien client (npm, pinned) against a real `warren server`.
 compat_status=0

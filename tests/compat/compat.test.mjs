@@ -119,7 +119,7 @@ test('bad input gets the documented error classes and changes nothing', async ()
   );
   assert.equal((await client.workspaces.list()).total, before);
   // A later feature answers 501 with its name, never a fake success.
-  await assert.rejects(client.workspaces.ssh.status('ws_doesnotexist'), (e) => e.status === 501 && e.code === 'not_implemented');
+  await assert.rejects(client.workspaces.usage.totals('ws_doesnotexist'), (e) => e.status === 501 && e.code === 'not_implemented');
 });
 
 let id;

@@ -46,13 +46,14 @@ impl Default for Connections {
 }
 
 pub async fn upgrade(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| {
-        let conn = st.conns.current.send_modify_return(|n| {
-            *n += 1;
-            *n
-        });
-        serve(st, socket, conn).instrument(tracing::info_span!("ws", conn))
-    })
+    // Take the connection's number now, before the 101 goes out: numbered in the
+    // upgrade callback (which runs once the 101 is flushed), a client's second
+    // connection could be numbered before its first and be the one replaced.
+    let conn = st.conns.current.send_modify_return(|n| {
+        *n += 1;
+        *n
+    });
+    ws.on_upgrade(move |socket| serve(st, socket, conn).instrument(tracing::info_span!("ws", conn)))
 }
 
 trait SendModifyReturn {

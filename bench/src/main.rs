@@ -229,11 +229,8 @@ async fn main() -> anyhow::Result<()> {
         let mut cfg = NodeConfig {
             data_dir: data.path().to_path_buf(),
             cache_dir: args.cache_dir.clone(),
-            kernel: args
-                .kernels
-                .last()
-                .cloned()
-                .unwrap_or_else(|| "auto".into()),
+            // What a server boots by default (today our minimal kernel when built).
+            kernel: "auto".into(),
             ..NodeConfig::default()
         };
         if let Some(a) = &args.agent {

@@ -50,9 +50,35 @@ pub const CAPABILITIES: &[&str] = &[
     "search",
 ];
 
+/// The runtime API's token, shared by the server and the control loop: a forked VM
+/// (`HostMessage::Fork`) gets a new one while its server keeps running.
+#[derive(Clone)]
+pub struct ApiToken(Arc<std::sync::RwLock<Arc<str>>>);
+
+impl ApiToken {
+    pub fn new(token: &str) -> ApiToken {
+        ApiToken(Arc::new(std::sync::RwLock::new(Arc::from(token))))
+    }
+
+    pub fn get(&self) -> Arc<str> {
+        match self.0.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, token: &str) {
+        match self.0.write() {
+            Ok(mut t) => *t = Arc::from(token),
+            Err(p) => *p.into_inner() = Arc::from(token),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
-    pub token: Arc<str>,
+    /// The bearer token; replaced when the VM becomes a fork (see [`ApiToken`]).
+    pub token: ApiToken,
     pub ws: Arc<Workspace>,
     pub exec: ExecCtx,
     pub terminals: Arc<Terminals>,
@@ -76,7 +102,7 @@ impl AppState {
         let conns = Connections::default();
         let watchers = Arc::new(Watchers::new(conns.events.clone()));
         AppState {
-            token: Arc::from(token),
+            token: ApiToken::new(token),
             ws,
             exec: ExecCtx {
                 reaper,
@@ -153,7 +179,7 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         .map(str::to_string);
     let ok = header_token
         .or_else(|| query_token(req.uri().query()))
-        .is_some_and(|t| ct_eq(t.as_bytes(), st.token.as_bytes()));
+        .is_some_and(|t| ct_eq(t.as_bytes(), st.token.get().as_bytes()));
     if !ok {
         return ApiError::Unauthorized("missing or invalid bearer token".into()).into_response();
     }

@@ -288,6 +288,20 @@ pub fn configure(cfg: &NetworkConfig, wait: Duration) -> Result<String, NetError
     Ok(dev)
 }
 
+/// Give a running guest another address (a forked VM): take its ethernet link down,
+/// which drops the routes of the old address, then configure it as at boot.
+pub fn reconfigure(cfg: &NetworkConfig, wait: Duration) -> Result<String, NetError> {
+    if let Some(dev) = only_ethernet(Path::new("/sys/class/net")) {
+        let sock = Sock::new()?;
+        let mut r = IfReq::new(&dev);
+        sock.ioctl(SIOCGIFFLAGS, &mut r, "SIOCGIFFLAGS", &dev)?;
+        let flags = i16::from_ne_bytes([r.data[0], r.data[1]]) & !(libc::IFF_UP as i16);
+        r.data[..2].copy_from_slice(&flags.to_ne_bytes());
+        sock.ioctl(SIOCSIFFLAGS, &mut r, "SIOCSIFFLAGS", &dev)?;
+    }
+    configure(cfg, wait)
+}
+
 /// `/etc/resolv.conf` contents for `dns`.
 pub fn resolv_conf(dns: &[String]) -> String {
     dns.iter()

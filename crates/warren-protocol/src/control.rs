@@ -199,6 +199,28 @@ pub enum HostMessage {
         #[serde(default)]
         entropy_hex: String,
     },
+    /// The VM is a fork: a copy of another running workspace's memory, disks already
+    /// mounted. The agent takes the new identity (hostname, address and MAC, API
+    /// token, a fresh boot_id), steps the clock and reseeds its RNG. The host follows
+    /// it with a `Ping`; the `Pong` means "applied", `BootFailed` that it was not.
+    Fork {
+        identity: Box<ForkIdentity>,
+    },
+}
+
+/// Who a forked VM is to become (see [`HostMessage::Fork`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForkIdentity {
+    pub workspace_id: String,
+    pub hostname: String,
+    /// The fork's own address; `set_mac` is true (its NIC still has the parent's MAC).
+    pub network: NetworkConfig,
+    /// Raw runtime API token of the fork (the parent's stops working in it).
+    pub api_token: Secret,
+    pub clock_unix_ns: u64,
+    pub entropy_hex: String,
+    /// What `/proc/sys/kernel/random/boot_id` shows from now on (a UUID).
+    pub boot_id: String,
 }
 
 /// Encode one message as a line.

@@ -8,6 +8,7 @@
 //! `Ready` is reported as `BootFailed` and the VM stays up: PID 1 never exits.
 
 mod cmd;
+mod fork;
 
 /// Label of the workload that runs a supervised workspace command (set by the host).
 pub const CMD_WORKLOAD_LABEL: &str = "warren.cmd";
@@ -221,6 +222,10 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                 HostMessage::Ping { id } => tx.send(&GuestMessage::Pong { id }),
                 // A template restored into a clone: its Boot follows and sets both.
                 HostMessage::Resume { .. } => {}
+                // Only a booted workspace is forked.
+                HostMessage::Fork { .. } => tx.send(&GuestMessage::BootFailed {
+                    error: "fork of a VM that has not booted".into(),
+                }),
                 HostMessage::Shutdown => shutdown::poweroff(&tx, None, "asked by the host").await,
             },
             name = signals.recv() => shutdown::poweroff(&tx, None, name).await,
@@ -237,6 +242,7 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
     };
     // The disk key is in the kernel now; drop (and wipe) our copy.
     config.data_disk = DataDisk::Ext4;
+    let mut api_token: Option<api::ApiToken> = None;
     match result {
         Ok((booted, reaper)) => {
             let ws = Arc::new(booted.workspace);
@@ -248,6 +254,7 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                 Some(PathBuf::from(WORKLOAD_STATE)),
             );
             let workloads = state.workloads.clone();
+            api_token = Some(state.token.clone());
             tokio::spawn(async move {
                 if let Err(e) = api::serve(booted.listener, state).await {
                     tracing::error!("runtime API server stopped: {e}");
@@ -314,6 +321,15 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                 HostMessage::Boot { .. } => tracing::warn!("ignoring a second boot config"),
                 HostMessage::Resume { clock_unix_ns, entropy_hex } => {
                     system::resumed(clock_unix_ns, &entropy_hex)
+                }
+                HostMessage::Fork { identity } => {
+                    let r = tokio::task::block_in_place(|| {
+                        fork::become_fork(&identity, api_token.as_ref())
+                    });
+                    if let Err(error) = r {
+                        tracing::error!("fork: {error}");
+                        tx.send(&GuestMessage::BootFailed { error });
+                    }
                 }
             },
             name = signals.recv() => shutdown::poweroff(&tx, data_fd.as_ref(), name).await,

@@ -94,6 +94,10 @@ impl QemuVmm {
             None => None,
         };
         if incoming {
+            if loads_into_shared_file(spec) {
+                // A loader (see `loads_into_shared_file`): its vCPUs never run.
+                args.push("-S".into());
+            }
             args.push("-incoming".into());
             args.push("defer".into());
             // A restored VM goes on with the same boot log: append, do not truncate.
@@ -260,7 +264,9 @@ async fn load_state(
     snapshot: &Path,
     file: std::fs::File,
 ) -> Result<()> {
-    if spec.memory_file.is_some() {
+    // A clone maps a file whose RAM the state leaves out; a loader gets RAM in the
+    // stream (from a VM whose RAM was its own) and writes it into its file.
+    if spec.memory_file.is_some() && !loads_into_shared_file(spec) {
         set_ignore_shared(&vm.qmp, true).await?;
     }
     use std::os::fd::AsFd;
@@ -281,6 +287,9 @@ async fn load_state(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
+                if loads_into_shared_file(spec) {
+                    break;
+                }
                 vm.qmp.execute("cont", None).await?;
                 break;
             }
@@ -294,6 +303,14 @@ async fn load_state(
         }
     }
     Ok(())
+}
+
+/// A VM restored into a *shared* memory file is a loader: the saved state (with its
+/// RAM) is loaded into the file and the VM stays paused, its vCPUs never run. Saving
+/// it then writes device state only; VMs that map the file private and load that
+/// state share the file's pages copy-on-write (forks, `warren_node::fork`).
+fn loads_into_shared_file(spec: &VmSpec) -> bool {
+    spec.memory_file.as_ref().is_some_and(|m| m.shared)
 }
 
 pub struct QemuVm {

@@ -123,6 +123,15 @@ pub trait Vmm: Send + Sync {
     async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>>;
     /// Start a VM from a snapshot taken by [`Vm::snapshot`] with the same spec shape.
     async fn restore(&self, spec: &VmSpec, snapshot: &std::path::Path) -> Result<Box<dyn Vm>>;
+    /// Start a VM from a saved state read from `input` (typically the read end of a
+    /// pipe the caller feeds, e.g. while decrypting a sealed file); `what` names the
+    /// source in errors. The guest runs once the state is loaded.
+    async fn restore_from(
+        &self,
+        spec: &VmSpec,
+        input: std::os::fd::OwnedFd,
+        what: &str,
+    ) -> Result<Box<dyn Vm>>;
     /// Take control of a VM this engine started earlier (from another process, e.g.
     /// before a restart of the server), given its VMM pid.
     async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn Vm>>;
@@ -139,6 +148,10 @@ pub trait Vm: Send + Sync {
     /// Save memory and device state to `path` (the VM is paused while saving and stays
     /// paused after). The VMM never opens the path itself: it gets an open fd.
     async fn snapshot(&self, path: &std::path::Path) -> Result<()>;
+    /// Save memory and device state into `out` (a file or the write end of a pipe the
+    /// caller drains); the VMM closes its copy when the save ends, so a pipe's reader
+    /// sees end of file. The VM is paused while saving and stays paused after.
+    async fn snapshot_to(&self, out: std::os::fd::OwnedFd) -> Result<()>;
     /// Ask the VMM to exit now (no guest cooperation).
     async fn kill(&self) -> Result<()>;
     /// Wait until the VMM process has exited.

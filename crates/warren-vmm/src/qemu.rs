@@ -209,7 +209,28 @@ impl Vmm for QemuVmm {
             _ => io_err(format!("open {}", snapshot.display()))(e),
         })?;
         let vm = self.spawn(spec, true).await?;
-        if let Err(e) = load_state(&vm, spec, snapshot, file).await {
+        if let Err(e) = load_state(&vm, spec, &snapshot.display().to_string(), file.into()).await {
+            let _ = vm.kill().await;
+            return Err(e);
+        }
+        Ok(Box::new(vm))
+    }
+
+    async fn restore_from(
+        &self,
+        spec: &VmSpec,
+        input: std::os::fd::OwnedFd,
+        what: &str,
+    ) -> Result<Box<dyn Vm>> {
+        let vm = match self.spawn(spec, true).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                // Our copy closes here: whoever feeds the pipe sees it end.
+                drop(input);
+                return Err(e);
+            }
+        };
+        if let Err(e) = load_state(&vm, spec, what, input).await {
             let _ = vm.kill().await;
             return Err(e);
         }
@@ -256,13 +277,13 @@ fn watch_foreign_pid(pid: u32) -> Result<watch::Receiver<Option<VmExit>>> {
     Ok(rx)
 }
 
-/// Feed a saved state (an open file) into a VMM started with `-incoming defer`, and
-/// let the guest run.
+/// Feed a saved state (an open file or a pipe's read end) into a VMM started with
+/// `-incoming defer`, and let the guest run.
 async fn load_state(
     vm: &QemuVm,
     spec: &VmSpec,
-    snapshot: &Path,
-    file: std::fs::File,
+    snapshot: &str,
+    file: std::os::fd::OwnedFd,
 ) -> Result<()> {
     // A clone maps a file whose RAM the state leaves out; a loader gets RAM in the
     // stream (from a VM whose RAM was its own) and writes it into its file.
@@ -270,8 +291,10 @@ async fn load_state(
         set_ignore_shared(&vm.qmp, true).await?;
     }
     use std::os::fd::AsFd;
-    vm.qmp.send_fd("warren-in", file.as_fd()).await?;
+    let sent = vm.qmp.send_fd("warren-in", file.as_fd()).await;
+    // Only the VMM's copy stays open (a pipe's writer sees EPIPE if it dies).
     drop(file);
+    sent?;
     vm.qmp
         .execute("migrate-incoming", Some(json!({ "uri": "fd:warren-in" })))
         .await?;
@@ -296,7 +319,7 @@ async fn load_state(
             other => {
                 return Err(VmmError::Qmp(format!(
                     "restore from {} ended in state {other}; VMM log: {}",
-                    snapshot.display(),
+                    snapshot,
                     tail(&spec.run_dir.join("vmm.log"), 1000)
                 )));
             }
@@ -356,6 +379,18 @@ impl Vm for QemuVm {
             .truncate(true)
             .open(path)
             .map_err(io_err(format!("create {}", path.display())))?;
+        let copy = file
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err(format!("dup {}", path.display())))?;
+        self.snapshot_to(copy).await?;
+        file.sync_all()
+            .map_err(io_err(format!("sync {}", path.display())))
+    }
+
+    async fn snapshot_to(&self, out: std::os::fd::OwnedFd) -> Result<()> {
+        use std::os::fd::AsFd;
+        let file = out;
         self.qmp.execute("stop", None).await?;
         set_ignore_shared(&self.qmp, self.ignore_shared).await?;
         // No throttling: the guest is stopped, the file is local.
@@ -365,10 +400,24 @@ impl Vm for QemuVm {
                 Some(json!({ "max-bandwidth": 64u64 << 30 })),
             )
             .await?;
-        self.qmp.send_fd("warren-out", file.as_fd()).await?;
-        self.qmp
+        let sent = self.qmp.send_fd("warren-out", file.as_fd()).await;
+        // Only the VMM's copy stays open: a pipe's reader sees end of file when the
+        // VMM closes it at the end of the migration.
+        drop(file);
+        sent?;
+        if let Err(e) = self
+            .qmp
             .execute("migrate", Some(json!({ "uri": "fd:warren-out" })))
-            .await?;
+            .await
+        {
+            // A migration that never started leaves the fd with the VMM: close it,
+            // or a pipe's reader would wait for an end of file that never comes.
+            let _ = self
+                .qmp
+                .execute("closefd", Some(json!({ "fdname": "warren-out" })))
+                .await;
+            return Err(e);
+        }
         loop {
             let st = self.qmp.execute("query-migrate", None).await?;
             match st.get("status").and_then(|s| s.as_str()).unwrap_or("") {
@@ -383,8 +432,7 @@ impl Vm for QemuVm {
                 _ => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
-        file.sync_all()
-            .map_err(io_err(format!("sync {}", path.display())))
+        Ok(())
     }
 
     async fn kill(&self) -> Result<()> {

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod control;
 pub mod disk;
+pub mod fork;
 pub mod keys;
 pub mod net;
 pub mod reconcile;

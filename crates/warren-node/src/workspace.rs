@@ -433,6 +433,26 @@ impl Node {
         }))
     }
 
+    /// Wrap workspace `from`'s data key for workspace `to` as well: a fork's child
+    /// gets its own KMS record of its parent's key (see crate::fork). `false`: `from`
+    /// has no key (a plain disk).
+    pub(crate) fn share_key(&self, from: &str, to: &str) -> Result<bool> {
+        let src = self.workspace_dir(from).join(crate::keys::KEY_FILE);
+        if !src.exists() {
+            return Ok(false);
+        }
+        let kms = self.kms.as_ref().ok_or_else(|| {
+            NodeError::Disk(format!(
+                "{} is encrypted but no master key is loaded",
+                src.display()
+            ))
+        })?;
+        let key = kms.unwrap(&warren_kms::read_wrapped(&src)?, from)?;
+        let dst = self.workspace_dir(to).join(crate::keys::KEY_FILE);
+        warren_kms::write_wrapped(&dst, &kms.wrap(&key, to)?)?;
+        Ok(true)
+    }
+
     /// Crypto-erasure: destroy workspace `id`'s wrapped data key, so its disk (and
     /// any copy of it) is unreadable. Returns whether it had one.
     pub fn erase_key(&self, id: &str) -> Result<bool> {
@@ -660,7 +680,8 @@ impl Node {
                     path: run_dir.join("data.ext4"),
                     read_only: false,
                     serial: DATA_DISK_SERIAL.into(),
-                    format: "raw".into(),
+                    // A fork's disk is a qcow2 overlay (see crate::fork).
+                    format: crate::fork::data_disk_format(&run_dir),
                 },
             ],
             net: Some(NetSpec {
@@ -712,6 +733,7 @@ impl Node {
             self.pool.release(&ws.lease.record);
             std::fs::remove_dir_all(&ws.run_dir)
                 .map_err(io_err(format!("remove {}", ws.run_dir.display())))?;
+            self.collect_forks();
             tracing::info!("workspace destroyed");
             Ok(())
         }
@@ -738,11 +760,14 @@ impl Node {
         if let Some(c) = &self.confine {
             c.remove_leftovers(id);
         }
-        match std::fs::remove_dir_all(&dir) {
+        let r = match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(format!("remove {}", dir.display()))(e)),
-        }
+        };
+        // The base of the fork it came from goes with its last child.
+        self.collect_forks();
+        r
     }
 
     /// Take over a workspace whose VM is still running from before this process

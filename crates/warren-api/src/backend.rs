@@ -187,6 +187,16 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
             spec.id
         )))
     }
+    /// Fork the running workspace `id` into `children` (new ids, the parent's shape):
+    /// each a copy of it at one instant with its own identity. The parent runs on;
+    /// on failure no child is left. Returns the children and a report.
+    async fn fork(
+        &self,
+        id: &str,
+        _children: &[BootSpec],
+    ) -> Result<(Vec<Booted>, serde_json::Value), BackendError> {
+        Err(BackendError::Failed(format!("this backend cannot fork {id}")))
+    }
     /// Remove everything of the workspace on the node, running or not; idempotent.
     async fn remove(&self, id: &str) -> Result<(), BackendError>;
     /// After a server restart: take over the workspace's VM if it still runs.

@@ -350,6 +350,23 @@ impl WorkspaceBackend for NodeBackend {
         Ok(serde_json::to_value(info).unwrap_or_default())
     }
 
+    async fn fork(
+        &self,
+        id: &str,
+        children: &[BootSpec],
+    ) -> Result<(Vec<Booted>, serde_json::Value), BackendError> {
+        let ws = self
+            .get(id)
+            .ok_or_else(|| BackendError::NotRunning(id.into()))?;
+        // The children's disks start from the parent's: flush its page cache first,
+        // as for a snapshot (memory and disk agree either way).
+        flush_guest(&ws).await;
+        let specs: Vec<WorkspaceSpec> = children.iter().map(node_spec).collect();
+        let (made, report) = self.node.fork(&ws, &specs).await.map_err(map_err)?;
+        let booted = made.into_iter().map(|w| self.register(w)).collect();
+        Ok((booted, serde_json::to_value(report).unwrap_or_default()))
+    }
+
     fn snapshot_info(&self, id: &str) -> Option<serde_json::Value> {
         self.node
             .snapshot_info(id)

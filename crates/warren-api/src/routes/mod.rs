@@ -2,6 +2,7 @@
 
 mod access;
 mod edge;
+mod fork;
 mod idle;
 mod info;
 mod lifecycle;
@@ -66,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             post(snapshots::snapshot).delete(snapshots::delete),
         )
         .route("/workspace/{id}/restore", post(snapshots::restore))
+        .route("/workspace/{id}/fork", post(fork::fork))
         .route(
             "/workspace/{id}/archives",
             get(snapshots::archive_list)

@@ -106,6 +106,18 @@ impl ControlClient {
         self.call(Method::POST, &path, None, &[]).await
     }
 
+    /// Fork a running workspace into `count` new ones (`POST /workspace/:id/fork`),
+    /// each a copy of it at one instant with its own identity. `name`: children are
+    /// `<name>-<i>`. The answer lists them under `workspaces`.
+    pub async fn fork(&self, id: &str, count: u32, name: Option<&str>) -> Result<Value> {
+        let mut body = serde_json::json!({ "count": count });
+        if let Some(n) = name {
+            body["name"] = Value::String(n.to_string());
+        }
+        let path = format!("{}/fork", Self::ws(id));
+        self.call(Method::POST, &path, Some(&body), &[]).await
+    }
+
     /// Any other endpoint.
     pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         self.call(method, path, body, &[]).await

@@ -10,6 +10,7 @@
 //!   (see `fast.rs`).
 
 mod fast;
+mod fork;
 
 use anyhow::Context;
 use clap::Parser;
@@ -41,6 +42,12 @@ struct Args {
     /// it), debian, or paths.
     #[arg(long, value_delimiter = ',', default_value = "minimal,debian")]
     kernels: Vec<String>,
+    /// Children of the fork benchmark (fork of N); 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    fork_count: usize,
+    /// Guest memory of the forked workspace (and so of each child), MiB.
+    #[arg(long, default_value_t = 256)]
+    fork_memory_mb: u32,
 }
 
 struct Sample {
@@ -242,6 +249,24 @@ async fn main() -> anyhow::Result<()> {
             .cloned()
             .unwrap_or_else(|| "busybox".into());
         fast::bench(&cfg, &image, args.memory_mb, args.fast_runs).await?;
+    }
+    if args.fork_count > 0 {
+        let data = tempfile::tempdir()?;
+        let mut cfg = NodeConfig {
+            data_dir: data.path().to_path_buf(),
+            cache_dir: args.cache_dir.clone(),
+            kernel: "auto".into(),
+            ..NodeConfig::default()
+        };
+        if let Some(a) = &args.agent {
+            cfg.agent_binary = a.clone();
+        }
+        let image = args
+            .images
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "busybox".into());
+        fork::bench(&cfg, &image, args.fork_memory_mb, args.fork_count).await?;
     }
     if all.len() > 1 {
         println!("\n## kernels compared (p50 cold create -> first exec result)");

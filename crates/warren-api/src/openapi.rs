@@ -312,6 +312,13 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
     ),
     (
         "POST",
+        "/workspace/{id}/fork",
+        "snapshots",
+        "Fork a running workspace into count (1-20) new ones: copies of it at one instant (files, processes, memory), each with its own id, address, tokens and boot id; 409 workspace_not_running when it does not run (Warren's own route: not in the oblien client)",
+        201,
+    ),
+    (
+        "POST",
         "/workspace/{id}/ping",
         "lifecycle",
         "Keep-alive: renews the TTL",
@@ -729,6 +736,18 @@ pub fn document() -> Value {
                     "success": {"type": "boolean"},
                     "workspaces": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}},
                     "total": {"type": "integer"}, "page": {"type": "integer"}, "limit": {"type": "integer"}
+                }}}});
+            }
+            ("POST", "/workspace/{id}/fork") => {
+                op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "count": {"type": "integer", "minimum": 1, "maximum": 20, "default": 1, "description": "how many children"},
+                    "name": {"type": "string", "maxLength": 100, "description": "children are named <name>-<i> (default <parent name>-fork-<i>)"}
+                }}}}});
+                op["responses"]["201"]["content"] = json!({"application/json": {"schema": {"type": "object", "properties": {
+                    "success": {"type": "boolean"},
+                    "parent_id": {"type": "string"},
+                    "fork": {"type": "object", "description": "timings: parent_paused_ms, disk_copy_ms, memory_ms, child_ms[], total_ms; shared_memory"},
+                    "workspaces": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}}
                 }}}});
             }
             ("GET" | "PUT", "/workspace/{id}") | ("POST", "/workspace/{id}/provisioning/retry") => {

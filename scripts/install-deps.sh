@@ -15,6 +15,8 @@ PACKAGES=(
   curl
   lz4               # (debugging) lz4 -d of kernel payloads
   openssh-client    # ssh, ssh-keygen: the SSH gateway's tests
+  openssl           # test certificates and s_client: the ACME tests
+  pebble            # pebble and pebble-challtestsrv (test ACME CA, mock DNS): the ACME tests
 )
 # Node.js runs the oblien SDK compatibility tests; any Node >= 18 will do, so keep one
 # the machine already has.

@@ -212,7 +212,11 @@ pub fn view(w: &Workspace) -> Value {
         "ip": w.internal_ip,
         "gateway": gateway,
         "dns": if p.air_gapped { Value::Null } else { json!(gateway) },
-        "public_access": false,
+        // Published ports (and a custom domain's port) are what the edge may reach.
+        "public_access": nc
+            .get(EDGE_PORTS)
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| !a.is_empty()),
         "allow_internet": p.allow_internet,
         "air_gapped": p.air_gapped,
         "ingress": nc.get("ingress").cloned().unwrap_or(json!([])),

@@ -61,6 +61,35 @@ pub struct ServerArgs {
     /// commands).
     #[arg(long, env = "WARREN_PUBLIC_HOST", default_value = "127.0.0.1")]
     pub public_host: String,
+    /// Certificates of custom domains (ACME) and their DNS check (boxed: the command
+    /// enum stays small).
+    #[command(flatten)]
+    pub certs: Box<EdgeCertArgs>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EdgeCertArgs {
+    /// An ACME directory (e.g. https://acme-v02.api.letsencrypt.org/directory): custom
+    /// domains get their certificates from it (TLS-ALPN-01 on the edge's listener,
+    /// which must then be reachable on port 443). Without it the local CA issues them.
+    #[arg(long, env = "WARREN_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// Contact e-mail of the ACME account.
+    #[arg(long, env = "WARREN_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// A root certificate (PEM) to trust for the ACME directory's HTTPS (test CAs).
+    #[arg(long, env = "WARREN_ACME_ROOT")]
+    pub acme_root: Option<std::path::PathBuf>,
+    /// Certificates are renewed when fewer days than this remain.
+    #[arg(long, env = "WARREN_CERT_RENEW_DAYS", default_value_t = 30)]
+    pub cert_renew_days: i64,
+    /// The name server the custom-domain DNS check asks (default: resolv.conf).
+    #[arg(long, env = "WARREN_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
+    /// The edge's public addresses (A/AAAA records a custom domain may point at;
+    /// repeat or comma-separate; default: PUBLIC_HOST when it is an address).
+    #[arg(long, env = "WARREN_EDGE_PUBLIC_IP", value_delimiter = ',')]
+    pub edge_public_ip: Vec<std::net::IpAddr>,
 }
 
 /// Where the admin credentials go.
@@ -134,6 +163,23 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
     let ssh_addr = ssh_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let api_addr = api_listener.local_addr()?;
     let gw_addr = gw_listener.local_addr()?;
+    let acme = args
+        .certs
+        .acme_directory
+        .clone()
+        .map(|url| warren_edge::acme::AcmeConfig {
+            directory_url: url,
+            contact_email: args.certs.acme_email.clone(),
+            directory_root: args.certs.acme_root.clone(),
+        });
+    let dns = warren_edge::dns::DnsConfig {
+        nameserver: args.certs.dns_server,
+        public_ips: if args.certs.edge_public_ip.is_empty() {
+            args.public_host.parse().into_iter().collect()
+        } else {
+            args.certs.edge_public_ip.clone()
+        },
+    };
     let edge_config = match &edge_listener {
         Some(l) => {
             let edge_addr = l.local_addr()?;
@@ -145,6 +191,9 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
                 public_https_port: args.edge_public_port.unwrap_or(edge_addr.port()),
                 ssh_port: ssh_addr.map(|a| a.port()),
                 public_host: args.public_host.clone(),
+                acme: acme.clone(),
+                renew_before_days: args.certs.cert_renew_days,
+                dns: dns.clone(),
             })
         }
         None => None,

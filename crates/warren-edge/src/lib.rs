@@ -7,9 +7,12 @@
 //! upgrades (WebSocket). Routes are read from the state database per request, so a
 //! revoke answers 404 at once. The data-plane gateway is reachable through the same
 //! listener at its own host name. Certificates come from [`certs`] (the local Warren
-//! CA), chosen per connection by the client's SNI.
+//! CA, or an ACME directory for custom domains: [`acme`]), chosen per connection by
+//! the client's SNI; [`dns`] checks that a custom domain points here.
 
+pub mod acme;
 pub mod certs;
+pub mod dns;
 pub mod names;
 pub mod proxy;
 pub mod seal;
@@ -38,6 +41,12 @@ pub struct EdgeConfig {
     pub ssh_port: Option<u16>,
     /// The host name users connect to (shown in SSH commands).
     pub public_host: String,
+    /// The ACME directory custom domains get certificates from (None: the local CA).
+    pub acme: Option<acme::AcmeConfig>,
+    /// Certificates are renewed when fewer days than this remain.
+    pub renew_before_days: i64,
+    /// The custom-domain DNS check: name server and the edge's public addresses.
+    pub dns: dns::DnsConfig,
 }
 
 impl Default for EdgeConfig {
@@ -49,6 +58,9 @@ impl Default for EdgeConfig {
             gateway_host: "gateway.warren.localhost".into(),
             ssh_port: None,
             public_host: "127.0.0.1".into(),
+            acme: None,
+            renew_before_days: certs::RENEW_BEFORE_DAYS,
+            dns: dns::DnsConfig::default(),
         }
     }
 }

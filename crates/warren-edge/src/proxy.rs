@@ -26,7 +26,7 @@ pub struct Edge {
     store: Store,
     certs: CertStore,
     gateway: Option<axum::Router>,
-    /// TLS configurations by certificate key, with the issue time they were built from.
+    /// TLS configurations by certificate key, with the chain they were built from.
     tls: Mutex<HashMap<String, (String, Arc<rustls::ServerConfig>)>>,
 }
 
@@ -37,6 +37,7 @@ impl Edge {
         certs: CertStore,
         gateway: Option<axum::Router>,
     ) -> Arc<Self> {
+        certs.configure(config.acme.as_ref(), config.renew_before_days);
         Arc::new(Edge {
             config,
             store,
@@ -89,7 +90,7 @@ impl Edge {
             .map_err(|e| e.to_string())?;
         if let Ok(cache) = self.tls.lock() {
             if let Some((created, cfg)) = cache.get(&key) {
-                if *created == issued.record.created_at {
+                if *created == issued.chain_pem {
                     return Ok(cfg.clone());
                 }
             }
@@ -97,7 +98,7 @@ impl Edge {
         let cfg =
             Arc::new(tls_config(&issued.chain_pem, &issued.key_pem).map_err(|e| e.to_string())?);
         if let Ok(mut cache) = self.tls.lock() {
-            cache.insert(key, (issued.record.created_at.clone(), cfg.clone()));
+            cache.insert(key, (issued.chain_pem.clone(), cfg.clone()));
         }
         Ok(cfg)
     }
@@ -150,10 +151,14 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()
     }
 }
 
-/// Renew certificates that are close to expiry (hourly).
+/// Renew certificates that are within the renewal window (hourly, and a minute after
+/// start). Custom domains go through ACME when it is configured, which also retries a
+/// domain that still has a local-CA certificate (a failed or interrupted order).
 async fn renew_loop(edge: Arc<Edge>) {
+    let mut wait = Duration::from_secs(60);
     loop {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        tokio::time::sleep(wait).await;
+        wait = Duration::from_secs(3600);
         let certs = match edge.store.edge_certs().await {
             Ok(c) => c,
             Err(e) => {
@@ -161,10 +166,17 @@ async fn renew_loop(edge: Arc<Edge>) {
                 continue;
             }
         };
-        for c in certs.iter().filter(|c| crate::certs::needs_renewal(c)) {
+        let wildcard = edge.wildcard_key();
+        for c in &certs {
+            let custom = c.domain != wildcard;
+            let not_from_acme =
+                custom && edge.certs.acme_enabled() && c.source != crate::certs::SOURCE_ACME;
+            if !edge.certs.due(c) && !not_from_acme {
+                continue;
+            }
             let sni = c.domain.trim_start_matches("*.").to_string();
             if let Some((key, names)) = edge.cert_for(&sni).await {
-                if let Err(e) = edge.certs.issue(&key, &names).await {
+                if let Err(e) = edge.certs.renew(&key, &names, custom).await {
                     tracing::warn!(domain = %key, error = %e, "renewal failed");
                 }
             }
@@ -181,11 +193,25 @@ async fn connection(edge: Arc<Edge>, tcp: TcpStream, peer: SocketAddr) -> Result
     .await
     .map_err(|_| "no TLS client hello".to_string())?
     .map_err(|e| e.to_string())?;
-    let sni = start
-        .client_hello()
+    let hello = start.client_hello();
+    let sni = hello
         .server_name()
         .map(|s| s.to_ascii_lowercase())
         .ok_or("the client sent no server name (SNI)")?;
+    let acme_tls = hello
+        .alpn()
+        .is_some_and(|mut a| a.any(|p| p == crate::acme::ACME_TLS_ALPN));
+    if acme_tls {
+        // A TLS-ALPN-01 validation (RFC 8737): the handshake is the answer.
+        let cfg = edge
+            .certs
+            .alpn_challenge(&sni)
+            .ok_or_else(|| format!("no TLS-ALPN-01 challenge pending for {sni:?}"))?;
+        let mut tls = start.into_stream(cfg).await.map_err(|e| e.to_string())?;
+        tracing::info!(%peer, server_name = %sni, "answered a TLS-ALPN-01 challenge");
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        return Ok(());
+    }
     let cfg = match edge.server_config(&sni).await {
         Ok(c) => c,
         Err(e) => {

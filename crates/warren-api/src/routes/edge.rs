@@ -1,7 +1,8 @@
 //! The edge's API: `/workspace/:id/public-access` (ports published at
-//! `https://<slug>.<preview domain>`), `/workspace/:id/domain` (a custom domain with a
-//! certificate from the local Warren CA), and `GET /edge/ca.pem` (the CA's root
-//! certificate, to trust). The edge proxy reads these routes from the state database
+//! `https://<slug>.<preview domain>`), `/workspace/:id/domain` (a custom domain: its
+//! route works at once with a certificate from the local Warren CA, replaced in the
+//! background by one from the ACME directory when one is configured; `domain/check`
+//! resolves its DNS), and `GET /edge/ca.pem` (the CA's root certificate, to trust). The edge proxy reads these routes from the state database
 //! on every request, so a change takes effect at once.
 //!
 //! A published port is also admitted by the workspace's firewall from the host (the
@@ -39,6 +40,9 @@ fn certs(st: &AppState) -> ApiResult<CertStore> {
     }
     let c = CertStore::open(&dir, st.manager.store.clone())
         .map_err(|e| ApiError::internal(format!("the edge's certificate store: {e}")))?;
+    if let Some(e) = &st.manager.config.edge {
+        c.configure(e.acme.as_ref(), e.renew_before_days);
+    }
     map.insert(dir, c.clone());
     Ok(c)
 }
@@ -282,6 +286,9 @@ pub async fn expose(
             return Err(e);
         }
     };
+    if let Some(d) = &domain {
+        start_acme(&st, d, false)?;
+    }
     st.manager
         .log(
             Some(&c.id),
@@ -417,7 +424,8 @@ fn domain_names(d: &str, include_www: bool) -> Vec<String> {
     names
 }
 
-/// Record the route and issue its certificate now (local CA).
+/// Record the route and issue its certificate now (local CA). With an ACME directory
+/// the status is `pending` until [`start_acme`] replaces that certificate.
 async fn connect_domain(
     st: &AppState,
     w: &Workspace,
@@ -425,7 +433,8 @@ async fn connect_domain(
     port: u16,
     include_www: bool,
 ) -> ApiResult<warren_edge::certs::Issued> {
-    let issued = certs(st)?
+    let cs = certs(st)?;
+    let issued = cs
         .issue(d, &domain_names(d, include_www))
         .await
         .map_err(|e| ApiError::internal(format!("issuing the certificate for {d}: {e}")))?;
@@ -434,7 +443,12 @@ async fn connect_domain(
         workspace_id: w.id.clone(),
         port: port as i64,
         include_www,
-        ssl_status: "active".into(),
+        ssl_status: if cs.acme_enabled() {
+            "pending"
+        } else {
+            "active"
+        }
+        .into(),
         ssl_error: None,
         created_at: warren_state::now(),
     };
@@ -448,6 +462,53 @@ async fn connect_domain(
     }
 }
 
+/// Order the ACME certificate of a connected domain in the background (no-op without
+/// an ACME directory).
+fn start_acme(st: &AppState, d: &str, include_www: bool) -> ApiResult<()> {
+    certs(st)?.request_acme(d, domain_names(d, include_www));
+    Ok(())
+}
+
+fn issuer_name(source: &str) -> &'static str {
+    if source == warren_edge::certs::SOURCE_ACME {
+        "ACME"
+    } else {
+        "Warren local CA"
+    }
+}
+
+/// The host names a custom domain may be a CNAME to: the workspace's preview hosts
+/// (the domain's port first) and the preview domain itself.
+async fn cname_targets(
+    st: &AppState,
+    e: &warren_edge::EdgeConfig,
+    w: &Workspace,
+    port: Option<u16>,
+) -> ApiResult<Vec<String>> {
+    let mut ports = st.manager.store.edge_ports(&w.id).await?;
+    ports.sort_by_key(|p| Some(p.port) != port);
+    let mut t: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{}.{}", p.slug, e.preview_domain))
+        .collect();
+    t.push(e.preview_domain.clone());
+    Ok(t)
+}
+
+async fn dns_report(
+    st: &AppState,
+    e: &warren_edge::EdgeConfig,
+    w: &Workspace,
+    d: &str,
+    port: Option<u16>,
+) -> ApiResult<(warren_edge::dns::DnsReport, Vec<String>)> {
+    let targets = cname_targets(st, e, w, port).await?;
+    let span = tracing::info_span!("dns_check", workspace_id = %w.id, domain = d);
+    let r =
+        tracing::Instrument::instrument(warren_edge::dns::check(&e.dns, d, &targets), span).await;
+    Ok((r, targets))
+}
+
 async fn domain_info(st: &AppState, d: &EdgeDomain) -> ApiResult<Value> {
     let cert = certs(st)?
         .get(&d.domain)
@@ -459,7 +520,8 @@ async fn domain_info(st: &AppState, d: &EdgeDomain) -> ApiResult<Value> {
         "sslStatus": d.ssl_status,
         "sslExpiry": cert.as_ref().map(|c| c.not_after.clone()),
         "sslError": d.ssl_error,
-        "sslIssuer": cert.map(|c| c.source),
+        "sslIssuer": cert.as_ref().map(|c| issuer_name(&c.source)),
+        "sslSource": cert.map(|c| c.source),
         "includeWww": d.include_www,
         "url": edge(st)?.url_for(&d.domain),
     }))
@@ -516,6 +578,9 @@ pub async fn domain_connect(
     refuse_if_air_gapped(&w)?;
     domain_free(&st, &w.id, &d).await?;
     let before = st.manager.store.edge_domain_of(&w.id).await?;
+    // The DNS is reported, not required (the client's docs: check before connecting);
+    // the route works at once, and an ACME order fails until the DNS points here.
+    let (dns, _) = dns_report(&st, e, &w, &d, Some(port)).await?;
     let issued = connect_domain(&st, &w, &d, port, include_www).await?;
     if let Err(e) = sync_edge_ports(&st, &c.id, &w).await {
         match &before {
@@ -526,17 +591,31 @@ pub async fn domain_connect(
         }
         return Err(e);
     }
+    start_acme(&st, &d, include_www)?;
     st.manager
         .log(Some(&c.id), &w.id, "domain_connect", "ok", Some(&d))
         .await;
+    let status = st
+        .manager
+        .store
+        .edge_domain(&d)
+        .await?
+        .map(|r| r.ssl_status)
+        .unwrap_or_else(|| "active".into());
     Ok(Json(json!({
         "success": true,
         "domain": d,
         "port": port,
         "ssl": {
-            "status": "active",
+            "status": status,
             "expiresAt": issued.record.not_after,
-            "issuer": "Warren local CA",
+            "issuer": issuer_name(&issued.record.source),
+        },
+        "dns": {
+            "verified": dns.verified,
+            "cname": dns.cname,
+            "ownership": dns.verified,
+            "errors": dns.errors,
         },
         "url": e.url_for(&d),
     })))
@@ -577,36 +656,28 @@ pub async fn domain_check(
     let raw = opt_string(o, "domain", 253)?
         .ok_or_else(|| ApiError::invalid("domain", "give the domain (e.g. app.example.com)"))?;
     let d = check_domain(&st, raw)?;
-    let _w = find(&st, &c.id, &id).await?;
-    let mut errors = Vec::new();
-    let addrs: Vec<String> = match tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio::net::lookup_host((d.as_str(), 443)),
-    )
-    .await
-    {
-        Ok(Ok(a)) => a.map(|a| a.ip().to_string()).collect(),
-        Ok(Err(e)) => {
-            errors.push(format!("{d} does not resolve: {e}"));
-            vec![]
-        }
-        Err(_) => {
-            errors.push(format!("resolving {d} timed out"));
-            vec![]
-        }
-    };
+    let w = find(&st, &c.id, &id).await?;
+    let port = st
+        .manager
+        .store
+        .edge_domain_of(&w.id)
+        .await?
+        .and_then(|x| u16::try_from(x.port).ok());
+    let (r, targets) = dns_report(&st, e, &w, &d, port).await?;
     Ok(Json(json!({
         "success": true,
         "domain": d,
-        "verified": !addrs.is_empty(),
-        "cname": false,
+        // Edge DNS only (as the client's enterprise grants): no TXT ownership record.
+        "enterprise": true,
+        "verified": r.verified,
+        "cname": r.cname,
         "ownership": null,
-        "records": {"A": addrs},
-        "errors": errors,
+        "records": r.records,
+        "errors": r.errors,
         "required_records": {
-            "cname": {"host": d, "target": e.preview_domain},
+            "cname": {"host": d, "target": targets.first().cloned().unwrap_or_default()},
         },
-        "edge_ips": [e.public_host],
+        "edge_ips": e.dns.public_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
     })))
 }
 
@@ -624,12 +695,17 @@ pub async fn domain_renew(
             format!("workspace {} has no custom domain", w.id),
         ));
     };
-    let issued = certs(&st)?
-        .issue(&d.domain, &domain_names(&d.domain, d.include_www))
+    let cs = certs(&st)?;
+    let in_background = cs
+        .renew(&d.domain, &domain_names(&d.domain, d.include_www), true)
         .await
         .map_err(|e| {
             ApiError::internal(format!("renewing the certificate of {}: {e}", d.domain))
         })?;
+    let cert = cs
+        .get(&d.domain)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     st.manager
         .log(
             Some(&c.id),
@@ -639,10 +715,16 @@ pub async fn domain_renew(
             Some(&d.domain),
         )
         .await;
+    // With ACME the new certificate arrives in the background: `pending` until then
+    // (GET .../domain shows it), and the current one keeps serving.
     Ok(Json(json!({
         "success": true,
         "domain": d.domain,
-        "ssl": {"status": "active", "expiresAt": issued.record.not_after, "issuer": "Warren local CA"},
+        "ssl": {
+            "status": if in_background { "pending" } else { "active" },
+            "expiresAt": cert.as_ref().map(|c| c.not_after.clone()),
+            "issuer": cert.as_ref().map(|c| issuer_name(&c.source)),
+        },
     })))
 }
 

@@ -987,3 +987,64 @@ async fn prometheus_metrics_count_states_boots_and_requests() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn fork_is_checked_and_a_failed_fork_leaves_nothing() {
+    let api = Api::start(|c| c.capacity.max_workspaces_per_client = 3).await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/workspace",
+            Some(json!({"memory_mb": 256, "wait_ready": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    let fork = format!("/workspace/{id}/fork");
+    // Bad counts and names: 422 naming the field.
+    for (body, field) in [
+        (json!({"count": 0}), "count"),
+        (json!({"count": 21}), "count"),
+        (json!({"count": 1.5}), "count"),
+        (json!({"name": ""}), "name"),
+    ] {
+        let (s, b) = api.call("POST", &fork, Some(body)).await;
+        assert_error(s, &b, 422, "validation_error");
+        assert_eq!(b["details"]["field"], field, "{b}");
+    }
+    // 1 + 3 > 3: refused before anything is stored.
+    let (s, b) = api.call("POST", &fork, Some(json!({"count": 3}))).await;
+    assert_error(s, &b, 409, "SANDBOX_LIMIT_REACHED");
+    assert_eq!(api.total().await, 1);
+    // This backend cannot fork: the rows made for the children go again.
+    let (s, b) = api.call("POST", &fork, Some(json!({"count": 2}))).await;
+    assert!(s >= 500, "{s} {b}");
+    assert_eq!(api.total().await, 1);
+    // Paused or stopped: 409, nothing made.
+    let (s, _) = api
+        .call("POST", &format!("/workspace/{id}/pause"), None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, b) = api.call("POST", &fork, None).await;
+    assert_error(s, &b, 409, "workspace_not_running");
+    let (s, _) = api
+        .call("POST", &format!("/workspace/{id}/stop"), None)
+        .await;
+    assert_eq!(s, 200);
+    api.wait_for(&id, |w| w["status"] == "stopped").await;
+    let (s, b) = api.call("POST", &fork, Some(json!({"count": 1}))).await;
+    assert_error(s, &b, 409, "workspace_not_running");
+    assert_eq!(api.total().await, 1);
+    assert!(
+        !api.backend
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("create ") && !c.ends_with(&id)),
+        "{:?}",
+        api.backend.calls()
+    );
+    let (s, b) = api
+        .call("POST", "/workspace/ws_missing00000/fork", None)
+        .await;
+    assert_error(s, &b, 404, "not_found");
+}

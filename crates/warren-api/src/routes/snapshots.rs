@@ -1,7 +1,7 @@
 //! `POST /workspace/:id/snapshot` and `/restore` (the oblien client's `snapshots`):
 //! capture memory, device state and disk of a running workspace; put it back in
-//! place later. A workspace has one snapshot (the latest). Archives and fork are
-//! not built yet (501, see `unimplemented`).
+//! place later. A workspace has one snapshot (the latest); disk archives. Fork is
+//! in `fork`.
 
 use super::find;
 use crate::auth::Authed;

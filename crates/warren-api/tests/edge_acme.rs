@@ -410,6 +410,7 @@ async fn start(
     data: &Path,
     listener: tokio::net::TcpListener,
     acme: Option<&Acme>,
+    tweak: impl FnOnce(&mut warren_edge::EdgeConfig),
 ) -> (Api, SocketAddr, PathBuf) {
     let edge_addr = listener.local_addr().unwrap();
     let edge_cfg = warren_edge::EdgeConfig {
@@ -428,6 +429,8 @@ async fn start(
         },
         ..warren_edge::EdgeConfig::default()
     };
+    let mut edge_cfg = edge_cfg;
+    tweak(&mut edge_cfg);
     let store = Store::open(&data.join("warren.db")).await.unwrap();
     let c = store.create_client("admin", true).await.unwrap();
     let backend = Arc::new(TestBackend::default());
@@ -496,7 +499,7 @@ async fn custom_domain_gets_an_acme_certificate_renews_and_checks_dns() {
     // edge's listener first.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let acme = start_acme(data.path(), listener.local_addr().unwrap().port());
-    let (api, edge, local_ca) = start(data.path(), listener, Some(&acme)).await;
+    let (api, edge, local_ca) = start(data.path(), listener, Some(&acme), |_| {}).await;
     let root = data.path().join("pebble-root.pem");
     std::fs::write(&root, pebble_root(&acme).await).unwrap();
 
@@ -693,7 +696,7 @@ async fn custom_domain_gets_an_acme_certificate_renews_and_checks_dns() {
 async fn without_acme_the_local_ca_issues_and_renews() {
     let data = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (api, edge, local_ca) = start(data.path(), listener, None).await;
+    let (api, edge, local_ca) = start(data.path(), listener, None, |_| {}).await;
     let ws = api.workspace().await;
     let (s, b) = api
         .call(
@@ -714,4 +717,57 @@ async fn without_acme_the_local_ca_issues_and_renews() {
     let (ok, serial2, _) = served(edge, "local.test", &local_ca);
     assert!(ok);
     assert_ne!(serial, serial2);
+}
+
+/// The background sweep renews an ACME certificate once it is within the renewal
+/// window (here wider than pebble's validity, checked every second), with no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_renews_acme_certificates_within_the_window() {
+    let data = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let acme = start_acme(data.path(), listener.local_addr().unwrap().port());
+    let (api, edge, _) = start(data.path(), listener, Some(&acme), |c| {
+        c.renew_before_days = 365 * 100;
+        c.renew_check_interval = Duration::from_secs(1);
+    })
+    .await;
+    let root = data.path().join("pebble-root.pem");
+    std::fs::write(&root, pebble_root(&acme).await).unwrap();
+    let ws = api.workspace().await;
+    let dom = "sweep.acme.test";
+    let (s, b) = api
+        .call(
+            "POST",
+            &format!("/workspace/{ws}/domain"),
+            Some(json!({"domain": dom, "port": 8080})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // The first ACME certificate...
+    let t = Instant::now();
+    let first = loop {
+        let (ok, serial, _) = served(edge, dom, &root);
+        if ok {
+            break serial;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no ACME certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // ... is replaced by the sweep, with no renew request.
+    let t = Instant::now();
+    loop {
+        let (ok, serial, _) = served(edge, dom, &root);
+        if ok && serial != first {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the sweep never renewed: {}",
+            api.domain(&ws).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -193,6 +193,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
                 public_host: args.public_host.clone(),
                 acme: acme.clone(),
                 renew_before_days: args.certs.cert_renew_days,
+                renew_check_interval: Duration::from_secs(3600),
                 dns: dns.clone(),
             })
         }

@@ -393,7 +393,15 @@ impl CertStore {
         custom_domain: bool,
     ) -> Result<bool, CertError> {
         if custom_domain && self.acme_enabled() {
-            self.set_ssl_status(key, "pending", None).await;
+            let running = self
+                .inner
+                .ordering
+                .lock()
+                .map(|o| o.contains(key))
+                .unwrap_or(false);
+            if !running {
+                self.set_ssl_status(key, "pending", None).await;
+            }
             return Ok(self.request_acme(key, names.to_vec()));
         }
         self.issue(key, names).await?;

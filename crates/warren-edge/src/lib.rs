@@ -45,6 +45,9 @@ pub struct EdgeConfig {
     pub acme: Option<acme::AcmeConfig>,
     /// Certificates are renewed when fewer days than this remain.
     pub renew_before_days: i64,
+    /// How often the renewal sweep runs (the first one a minute after start, or sooner
+    /// when this is shorter).
+    pub renew_check_interval: std::time::Duration,
     /// The custom-domain DNS check: name server and the edge's public addresses.
     pub dns: dns::DnsConfig,
 }
@@ -60,6 +63,7 @@ impl Default for EdgeConfig {
             public_host: "127.0.0.1".into(),
             acme: None,
             renew_before_days: certs::RENEW_BEFORE_DAYS,
+            renew_check_interval: std::time::Duration::from_secs(3600),
             dns: dns::DnsConfig::default(),
         }
     }

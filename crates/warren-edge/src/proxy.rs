@@ -151,14 +151,17 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) -> std::io::Result<()
     }
 }
 
-/// Renew certificates that are within the renewal window (hourly, and a minute after
-/// start). Custom domains go through ACME when it is configured, which also retries a
-/// domain that still has a local-CA certificate (a failed or interrupted order).
+/// Renew certificates that are within the renewal window (every
+/// `renew_check_interval`, the first time a minute after start or sooner). Custom
+/// domains go through ACME when it is configured, which also retries a domain that
+/// still has a local-CA certificate (a failed or interrupted order); a domain with an
+/// order running is left to it.
 async fn renew_loop(edge: Arc<Edge>) {
-    let mut wait = Duration::from_secs(60);
+    let every = edge.config.renew_check_interval.max(Duration::from_secs(1));
+    let mut wait = every.min(Duration::from_secs(60));
     loop {
         tokio::time::sleep(wait).await;
-        wait = Duration::from_secs(3600);
+        wait = every;
         let certs = match edge.store.edge_certs().await {
             Ok(c) => c,
             Err(e) => {

@@ -104,6 +104,16 @@ pub enum WorkspaceCmd {
     Restart {
         id: String,
     },
+    /// Fork a running workspace: COUNT new workspaces, each a copy of it now (files,
+    /// processes, memory) with its own id, address and tokens.
+    Fork {
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Children are named NAME-1, NAME-2, ...
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Freeze the VM, memory kept.
     Pause {
         id: String,
@@ -363,6 +373,20 @@ pub async fn workspace(conn: &Conn, cmd: WorkspaceCmd) -> anyhow::Result<i32> {
         WorkspaceCmd::Start { id } => power(conn, &c, &id, Power::Start).await?,
         WorkspaceCmd::Stop { id } => power(conn, &c, &id, Power::Stop).await?,
         WorkspaceCmd::Restart { id } => power(conn, &c, &id, Power::Restart).await?,
+        WorkspaceCmd::Fork { id, count, name } => {
+            let r = c.fork(&id, count, name.as_deref()).await?;
+            emit(conn, &r, |r| {
+                for w in r["workspaces"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        s(&w["id"]),
+                        s(&w["name"]),
+                        s(&w["internal_ip"]),
+                        s(&w["status"])
+                    );
+                }
+            });
+        }
         WorkspaceCmd::Pause { id } => power(conn, &c, &id, Power::Pause).await?,
         WorkspaceCmd::Resume { id } => power(conn, &c, &id, Power::Resume).await?,
         WorkspaceCmd::Exec(a) => return exec(conn, a).await,

@@ -121,6 +121,8 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
         "{ips:?} vs {parent_ip}"
     );
     eprintln!("fork report: {}", b["fork"]);
+    // Started from a template, the parent's RAM is a file mapping: shared.
+    assert_eq!(b["fork"]["shared_memory"], true, "{b}");
 
     let mut boot_ids = vec![parent_boot_id.clone()];
     let mut rts = Vec::new();
@@ -193,6 +195,49 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
     assert_eq!(out, "base.txt\nc.txt\none\n");
     let (_, out) = sh(&rts[1], "ls /root; cat /root/c.txt").await;
     assert_eq!(out, "base.txt\nc.txt\nonly2.txt\ntwo\n");
+
+    // A fork of a fork (the child's disk is an overlay: flattened into a new base).
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{}/fork", ids[0]), None)
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let gid = b["workspaces"][0]["id"].as_str().unwrap().to_string();
+    let grt = s.sdk().runtime(&gid).await.unwrap();
+    let (code, out) = sh(&grt, "cat /root/base.txt /root/c.txt; echo g > /root/g.txt").await;
+    assert_eq!((code, out.as_str()), (0, "base\none\n"));
+    let (_, out) = sh(&rts[0], "ls /root").await;
+    assert_eq!(
+        out, "base.txt\nc.txt\n",
+        "a grandchild's write reached its parent"
+    );
+    s.sdk().delete(&gid).await.unwrap();
+    wait_for(&s, &gid, 60, |w| w.is_none()).await;
+
+    // A parent thawed from disk has RAM of its own (no template file): its child
+    // gets a full copy of the memory instead of a shared mapping, and is as whole.
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{pid_ws}/pause"), None)
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{pid_ws}/resume"), None)
+        .await;
+    assert_eq!((st, b["status"].as_str()), (200, Some("running")), "{b}");
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{pid_ws}/fork"), None)
+        .await;
+    assert_eq!(st, 201, "{b}");
+    assert_eq!(b["fork"]["shared_memory"], false, "{b}");
+    let tid = b["workspaces"][0]["id"].as_str().unwrap().to_string();
+    let trt = s.sdk().runtime(&tid).await.unwrap();
+    let (code, out) = sh(
+        &trt,
+        &format!("cat /root/p.txt; kill -0 {counter} && echo alive"),
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "p\nalive\n"));
+    s.sdk().delete(&tid).await.unwrap();
+    wait_for(&s, &tid, 60, |w| w.is_none()).await;
 
     // Deleting the parent leaves the children whole (read from disk, not the cache).
     s.sdk().delete(&pid_ws).await.unwrap();

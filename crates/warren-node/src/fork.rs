@@ -432,7 +432,9 @@ impl Node {
             // A fork of a fork: flatten, so a base never depends on another fork's.
             run(
                 std::process::Command::new("qemu-img")
-                    .args(["convert", "-f", "qcow2", "-O", "raw", "-S", "4k"])
+                    // -U: the parent's VMM holds the image's write lock; its vCPUs are
+                    // stopped and its disk flushed, so reading it now is consistent.
+                    .args(["convert", "-U", "-f", "qcow2", "-O", "raw", "-S", "4k"])
                     .arg(&pdisk)
                     .arg(&base),
                 "qemu-img convert",

@@ -235,6 +235,8 @@ pub fn router(state: AppState) -> Router {
         .route("/terminals/{id}/scrollback", get(term::api::scrollback))
         .route("/terminals/{id}/resize", post(term::api::resize))
         .route("/terminals/{id}/input", post(term::api::input))
+        .route("/terminals/{id}/stream", get(crate::stream::terminal))
+        .route("/tunnel", get(crate::stream::tunnel))
         .route("/ws", get(ws::upgrade))
         .route("/metrics", get(crate::metrics::handler))
         .route("/proxy", any(crate::proxy::handle))

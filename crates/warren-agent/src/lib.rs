@@ -28,6 +28,7 @@ pub mod reaper;
 pub mod replay;
 pub mod search;
 pub mod stdio;
+pub mod stream;
 pub mod tasks;
 pub mod term;
 pub mod time;

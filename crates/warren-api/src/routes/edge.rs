@@ -747,9 +747,10 @@ fn ssh_connection(e: &warren_edge::EdgeConfig, w: &Workspace) -> Value {
             "port": port,
             "bastion": format!("{}:{port}", e.public_host),
             "command": format!("ssh -p {port} {}@{}", w.id, e.public_host),
-            // scp and sftp are not served by the gateway yet.
-            "scp_upload": null,
-            "scp_download": null,
+            // scp speaks sftp to the gateway (OpenSSH 9+ by default).
+            "scp_upload": format!("scp -P {port} <local file> {}@{}:<remote path>", w.id, e.public_host),
+            "scp_download": format!("scp -P {port} {}@{}:<remote path> <local file>", w.id, e.public_host),
+            "sftp": format!("sftp -P {port} {}@{}", w.id, e.public_host),
         }),
         None => Value::Null,
     }

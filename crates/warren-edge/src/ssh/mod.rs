@@ -1,12 +1,23 @@
-//! The SSH gateway: `ssh -p PORT <workspace id>@<host> CMD`.
+//! The SSH gateway: `ssh -p PORT <workspace id>@<host> [CMD]`.
 //!
 //! The user name names the workspace. Authentication is the public key or password
-//! set through `/workspace/:id/ssh` (and SSH must be enabled there). A command
-//! (`exec`) runs through the workspace's agent (`POST /exec/stream`), its stdout and
-//! stderr streamed back on the channel, the channel's input fed to its stdin
-//! (`POST /exec/:id/input`), and its exit code returned, so the image needs no sshd. Interactive shells (PTY), the sftp subsystem (and so scp) and port
-//! forwarding are not built yet: the channel request is refused with a message saying
-//! so.
+//! set through `/workspace/:id/ssh` (and SSH must be enabled there). Everything runs
+//! through the workspace's agent, so the image needs no sshd:
+//! * a command without a PTY (`exec`) through `POST /exec/stream`, its stdout and
+//!   stderr streamed back, the channel's input fed to its stdin (`POST
+//!   /exec/:id/input`), its exit code returned;
+//! * a login shell or a command on a PTY (`pty-req` + `shell`/`exec`, `window-change`)
+//!   through an agent terminal ([`shell`]);
+//! * the `sftp` subsystem, and so OpenSSH's `scp` (which speaks sftp), on the agent's
+//!   files API ([`sftp`]);
+//! * local port forwarding (`ssh -L`, `direct-tcpip`) to the workspace's own ports
+//!   through the agent's `/tunnel` ([`forward`]).
+//!
+//! Remote forwarding (`-R`), agent and X11 forwarding and other subsystems are refused.
+
+mod forward;
+mod sftp;
+mod shell;
 
 use crate::seal::MasterKey;
 use russh::keys::{PrivateKey, PublicKey};
@@ -138,7 +149,10 @@ impl russh::server::Server for Gateway {
             store: self.store.clone(),
             peer,
             workspace: None,
+            channels: HashMap::new(),
+            ptys: HashMap::new(),
             stdin: HashMap::new(),
+            terms: HashMap::new(),
         }
     }
 }
@@ -148,8 +162,14 @@ struct Conn {
     peer: Option<SocketAddr>,
     /// The authenticated workspace.
     workspace: Option<String>,
+    /// Session channels not yet running anything (the sftp subsystem takes its own).
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// The PTY asked for on a channel, before its shell or command starts.
+    ptys: HashMap<ChannelId, shell::Pty>,
     /// Stdin of each running command (`None`: end of input).
     stdin: HashMap<ChannelId, tokio::sync::mpsc::UnboundedSender<Option<Vec<u8>>>>,
+    /// Input (keys, resizes) of each running PTY session.
+    terms: HashMap<ChannelId, tokio::sync::mpsc::UnboundedSender<shell::Input>>,
 }
 
 impl Conn {
@@ -210,10 +230,47 @@ impl russh::server::Handler for Conn {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        Ok(self.workspace.is_some())
+        if self.workspace.is_none() {
+            return Ok(false);
+        }
+        self.channels.insert(channel.id(), channel);
+        Ok(true)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.ptys
+            .insert(channel, shell::Pty::new(term, col_width, row_height));
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.terms.get(&channel) {
+            let (cols, rows) = shell::dims(col_width, row_height);
+            let _ = tx.send(shell::Input::Resize(cols, rows));
+        }
+        Ok(())
     }
 
     async fn exec_request(
@@ -222,11 +279,16 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        if let Some(pty) = self.ptys.remove(&channel) {
+            return self.start_pty(channel, pty, Some(command), session);
+        }
         let Some(id) = self.workspace.clone() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let command = String::from_utf8_lossy(data).into_owned();
+        // Input now reaches the command through `data` below, not the channel object.
+        self.channels.remove(&channel);
         session.channel_success(channel)?;
         let handle = session.handle();
         let store = self.store.clone();
@@ -241,6 +303,21 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.ptys.remove(&channel) {
+            Some(pty) => self.start_pty(channel, pty, None, session),
+            // `ssh -T host`: a login shell reading the channel as its stdin.
+            None => {
+                self.exec_request(channel, shell::LOGIN_SHELL.as_bytes(), session)
+                    .await
+            }
+        }
+    }
+
     async fn data(
         &mut self,
         channel: ChannelId,
@@ -249,6 +326,8 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         if let Some(tx) = self.stdin.get(&channel) {
             let _ = tx.send(Some(data.to_vec()));
+        } else if let Some(tx) = self.terms.get(&channel) {
+            let _ = tx.send(shell::Input::Data(data.to_vec()));
         }
         Ok(())
     }
@@ -258,18 +337,25 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // A PTY session ignores the end of input, as sshd does: the shell ends when
+        // the user exits it (or the channel closes).
         if let Some(tx) = self.stdin.remove(&channel) {
             let _ = tx.send(None);
         }
         Ok(())
     }
 
-    async fn shell_request(
+    async fn channel_close(
         &mut self,
         channel: ChannelId,
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        not_built(channel, session, "interactive shells")
+        self.channels.remove(&channel);
+        self.ptys.remove(&channel);
+        self.stdin.remove(&channel);
+        // Dropping the input ends the PTY session, which closes its agent terminal.
+        self.terms.remove(&channel);
+        Ok(())
     }
 
     async fn subsystem_request(
@@ -278,24 +364,210 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        not_built(
-            channel,
-            session,
-            &format!("the {name} subsystem (sftp, scp)"),
-        )
+        let (Some(id), true) = (self.workspace.clone(), name == "sftp") else {
+            return refuse(
+                channel,
+                session,
+                &format!("the {name:?} subsystem is not offered (only sftp)"),
+            );
+        };
+        let Some(ch) = self.channels.remove(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let agent = match Agent::of(&self.store, &id).await {
+            Ok(a) => a,
+            Err(msg) => return refuse(channel, session, &msg),
+        };
+        session.channel_success(channel)?;
+        tracing::info!(workspace_id = %id, "sftp session");
+        // The sftp server runs on one end of a pipe, the channel is spliced to the
+        // other: when the server is done (the client closed its end), the session
+        // ends with exit status 0, which `scp` checks.
+        let (ours, theirs) = tokio::io::duplex(256 << 10);
+        russh_sftp::server::run(theirs, sftp::Sftp::new(agent)).await;
+        let handle = session.handle();
+        tokio::spawn(async move {
+            let mut ours = ours;
+            let mut stream = ch.into_stream();
+            let r = tokio::io::copy_bidirectional(&mut ours, &mut stream).await;
+            let _ = handle
+                .exit_status_request(channel, if r.is_ok() { 0 } else { 1 })
+                .await;
+            let _ = handle.eof(channel).await;
+            drop(stream);
+        });
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(id) = self.workspace.clone() else {
+            return Ok(false);
+        };
+        let agent = match Agent::of(&self.store, &id).await {
+            Ok(a) => a,
+            Err(msg) => {
+                tracing::info!(workspace_id = %id, "port forward refused: {msg}");
+                return Ok(false);
+            }
+        };
+        let Some((host, port)) = forward::target(&agent, host_to_connect, port_to_connect) else {
+            // OpenSSH shows "open failed: administratively prohibited".
+            tracing::info!(
+                workspace_id = %id, host = host_to_connect, port = port_to_connect,
+                "port forward refused: only the workspace's own addresses (localhost or its IP) are reachable"
+            );
+            return Ok(false);
+        };
+        tokio::spawn(forward::tunnel(agent, host, port, channel));
+        Ok(true)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // Remote forwarding (-R) would publish a host port: not offered.
+        Ok(false)
     }
 }
 
-/// Refuse a channel request the gateway cannot serve yet, saying so on stderr.
-fn not_built(channel: ChannelId, session: &mut Session, what: &str) -> Result<(), SshError> {
-    let msg = format!(
-        "warren: {what} through the SSH gateway are not implemented yet; run commands with `ssh ... CMD`\r\n"
-    );
+impl Conn {
+    /// Run a login shell (`command` None) or a command on an agent terminal of the
+    /// PTY's size.
+    fn start_pty(
+        &mut self,
+        channel: ChannelId,
+        pty: shell::Pty,
+        command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), SshError> {
+        let Some(id) = self.workspace.clone() else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        self.channels.remove(&channel);
+        session.channel_success(channel)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.terms.insert(channel, tx);
+        let handle = session.handle();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let code = match Agent::of(&store, &id).await {
+                Ok(agent) => shell::run(&agent, &pty, command, &handle, channel, rx).await,
+                Err(msg) => {
+                    let _ = handle
+                        .extended_data(channel, 1, CryptoVec::from(format!("warren: {msg}\r\n")))
+                        .await;
+                    Some(255)
+                }
+            };
+            if let Some(code) = code {
+                let _ = handle.exit_status_request(channel, code).await;
+            }
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+}
+
+/// Refuse a channel request, saying why on stderr.
+fn refuse(channel: ChannelId, session: &mut Session, why: &str) -> Result<(), SshError> {
+    let msg = format!("warren: {why}\r\n");
     session.extended_data(channel, 1, CryptoVec::from(msg.into_bytes()))?;
     session.channel_failure(channel)?;
     session.exit_status_request(channel, 1)?;
     session.close(channel)?;
     Ok(())
+}
+
+/// How the gateway reaches one running workspace's agent.
+#[derive(Clone)]
+pub(crate) struct Agent {
+    /// The workspace's internal IP.
+    pub ip: String,
+    /// `http://<ip>:<port>`.
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Agent {
+    /// The agent of workspace `id`, or why it cannot be reached.
+    pub async fn of(store: &Store, id: &str) -> Result<Agent, String> {
+        let ws = match store.workspace(id).await {
+            Ok(Some(w)) => w,
+            _ => return Err(format!("workspace {id} does not exist")),
+        };
+        let (ObservedState::Running, Some(ip), Some(token)) = (
+            ws.observed_state,
+            ws.internal_ip.as_deref(),
+            ws.agent_token.as_deref(),
+        ) else {
+            return Err(format!(
+                "workspace {id} is {}: start it first",
+                ws.observed_state
+            ));
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Agent {
+            ip: ip.to_string(),
+            base: format!("http://{ip}:{API_PORT}"),
+            token: token.to_string(),
+            http,
+        })
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// A WebSocket to the agent at `path` (with its query).
+    pub async fn websocket(
+        &self,
+        path: &str,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://{}:{API_PORT}{path}", self.ip);
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        let auth = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| "the agent token is not a valid header".to_string())?;
+        req.headers_mut().insert("authorization", auth);
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err(format!("the agent answered {}: {body}", resp.status()))
+            }
+            Err(e) => Err(format!("the agent is unreachable: {e}")),
+        }
+    }
 }
 
 fn key_matches(s: &warren_state::EdgeSsh, key: &PublicKey) -> bool {

@@ -196,11 +196,23 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
     let (_, out) = sh(&rts[1], "ls /root; cat /root/c.txt").await;
     assert_eq!(out, "base.txt\nc.txt\nonly2.txt\ntwo\n");
 
-    // A fork of a fork (the child's disk is an overlay: flattened into a new base).
-    let (st, b) = s
-        .call("POST", &format!("/workspace/{}/fork", ids[0]), None)
-        .await;
-    assert_eq!(st, 201, "{b}");
+    // A fork of a fork (the child's disk is an overlay: flattened into a new base),
+    // through the CLI.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["workspace", "fork", &ids[0], "--name", "grand", "--json"])
+        .env("WARREN_URL", &s.url)
+        .env("WARREN_DATA_DIR", &s.data)
+        .env_remove("WARREN_CLIENT_ID")
+        .env_remove("WARREN_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["workspaces"][0]["name"], "grand-1", "{b}");
     let gid = b["workspaces"][0]["id"].as_str().unwrap().to_string();
     let grt = s.sdk().runtime(&gid).await.unwrap();
     let (code, out) = sh(&grt, "cat /root/base.txt /root/c.txt; echo g > /root/g.txt").await;

@@ -511,10 +511,13 @@ impl WorkspaceBackend for NodeBackend {
             warren_node::reconcile::Scope::All,
             &|id| keep.contains(id) || running.contains(id) || !ours.contains(id),
         );
+        // Fork bases whose children went while no server ran.
+        let forks_removed = self.node.collect_forks();
         Ok(serde_json::json!({
             "vms_killed": r.vms_killed,
             "leases_released": r.leases_released,
             "dirs_removed": r.dirs_removed,
+            "fork_bases_removed": forks_removed,
         }))
     }
 

@@ -23,7 +23,7 @@ use warren_state::Store;
 
 const PREVIEW: &str = "warren.test";
 
-/// Boots instantly with a made-up address; the edge's TLS side needs no workspace.
+/// Boots instantly at 127.0.0.1, where a test runs the "workspace's" server.
 #[derive(Default)]
 struct TestBackend {
     running: Mutex<HashSet<String>>,
@@ -57,7 +57,8 @@ impl WorkspaceBackend for TestBackend {
     ) -> Result<Booted, BackendError> {
         self.running.lock().unwrap().insert(spec.id.clone());
         Ok(Booted {
-            internal_ip: "10.88.0.6".into(),
+            // The edge proxies to this address: the test's own upstream servers.
+            internal_ip: "127.0.0.1".into(),
             agent_token: "tok".into(),
             report: json!({}),
         })
@@ -770,4 +771,122 @@ async fn the_sweep_renews_acme_certificates_within_the_window() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): an extended CONNECT with `:protocol websocket`
+/// reaches the workspace as an HTTP/1.1 upgrade (with a Sec-WebSocket-Key), the 101
+/// comes back as a 200 on the stream, and bytes pass both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_reaches_the_workspace() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (api, edge, local_ca) = start(data.path(), listener, None, |_| {}).await;
+    // The workspace's side: an HTTP/1.1 WebSocket upgrade, then an upper-casing echo.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_port = upstream.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        *seen2.lock().unwrap() = String::from_utf8_lossy(&head).to_lowercase();
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+        }
+    });
+    let ws = api.workspace().await;
+    let (s, b) = api
+        .call(
+            "POST",
+            &format!("/workspace/{ws}/public-access"),
+            Some(json!({"port": up_port, "slug": "chat"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+
+    // An HTTP/2 client over TLS (ALPN h2), trusting the local CA.
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&local_ca).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let host = format!("chat.{PREVIEW}");
+    let tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from(host.clone()).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(format!("https://{host}:{}/chat?room=1", edge.port()))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = send.send_request(req).await.unwrap();
+    if resp.status() != 200 {
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        panic!(
+            "extended CONNECT refused: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let up = hyper::upgrade::on(&mut resp).await.unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(up);
+    io.write_all(b"hello over h2").await.unwrap();
+    let mut got = vec![0u8; 13];
+    io.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HELLO OVER H2");
+    let head = seen.lock().unwrap().clone();
+    assert!(head.starts_with("get /chat?room=1 http/1.1\r\n"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    assert!(head.contains(&format!("host: {host}")), "{head}");
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert_eq!(key.len(), 24, "{head}");
+    assert!(key.ends_with("=="), "{head}");
 }

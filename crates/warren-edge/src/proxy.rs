@@ -227,7 +227,10 @@ async fn connection(edge: Arc<Edge>, tcp: TcpStream, peer: SocketAddr) -> Result
         let edge = edge.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(edge, req, peer).await) }
     });
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // WebSocket over HTTP/2 (RFC 8441): extended CONNECT with :protocol websocket.
+    builder.http2().enable_connect_protocol();
+    builder
         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
         .await
         .map_err(|e| e.to_string())
@@ -356,6 +359,36 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
     }) && req.headers().contains_key(header::UPGRADE)
 }
 
+/// An RFC 8441 WebSocket: an HTTP/2 extended CONNECT with `:protocol websocket`.
+fn is_h2_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == hyper::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 4.1).
+fn websocket_key() -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    let mut out = String::with_capacity(24);
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 async fn to_workspace(
     edge: &Edge,
     id: &str,
@@ -385,7 +418,10 @@ async fn to_workspace(
             )
         }
     };
-    let upgrade = is_upgrade(&req);
+    // A WebSocket over HTTP/2 goes to the workspace as an HTTP/1.1 upgrade; the 101 is
+    // answered to the client as a 200 on its stream.
+    let h2_ws = is_h2_websocket(&req);
+    let upgrade = h2_ws || is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let pq = parts
@@ -393,8 +429,13 @@ async fn to_workspace(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    let method = if h2_ws {
+        hyper::Method::GET
+    } else {
+        parts.method.clone()
+    };
     let mut up = Request::builder()
-        .method(parts.method.clone())
+        .method(method)
         .uri(pq)
         .version(hyper::Version::HTTP_11);
     for (k, v) in parts.headers.iter() {
@@ -409,7 +450,14 @@ async fn to_workspace(
         .header("x-forwarded-host", host);
     if upgrade {
         up = up.header(header::CONNECTION, "upgrade");
-        if let Some(u) = parts.headers.get(header::UPGRADE) {
+        if h2_ws {
+            up = up
+                .header(header::UPGRADE, "websocket")
+                .header(header::SEC_WEBSOCKET_KEY, websocket_key());
+            if !parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+                up = up.header(header::SEC_WEBSOCKET_VERSION, "13");
+            }
+        } else if let Some(u) = parts.headers.get(header::UPGRADE) {
             up = up.header(header::UPGRADE, u);
         }
     }
@@ -494,7 +542,19 @@ async fn to_workspace(
                 ),
             }
         });
-        let (parts, _) = resp.into_parts();
+        let (mut parts, _) = resp.into_parts();
+        if h2_ws {
+            parts.status = StatusCode::OK;
+            let drop: Vec<HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|k| hop(k) || *k == header::SEC_WEBSOCKET_ACCEPT)
+                .cloned()
+                .collect();
+            for k in drop {
+                parts.headers.remove(k);
+            }
+        }
         return Response::from_parts(parts, full(Bytes::new()));
     }
     let (mut parts, body) = resp.into_parts();

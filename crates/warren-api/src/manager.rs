@@ -568,6 +568,14 @@ impl Manager {
                     );
                     w.prov_error_code = Some(code.to_string());
                     w.prov_error_message = Some(api.message.clone());
+                } else if thaw && self.backend.is_suspended(&w.id) {
+                    // The frozen state is untouched (e.g. its file failed
+                    // authentication): stay paused rather than retry the thaw; stop
+                    // discards it and start boots cold.
+                    w.observed_state = ObservedState::Paused;
+                    self.store
+                        .set_desired(&w.id, DesiredState::Paused, true)
+                        .await?;
                 } else {
                     w.observed_state = ObservedState::Stopped;
                 }

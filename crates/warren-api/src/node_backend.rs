@@ -38,6 +38,12 @@ fn map_err(e: NodeError) -> BackendError {
             field: field.to_string(),
             reason,
         },
+        // A saved memory file that does not check out (tampered, cut short): the
+        // client learns which file and why; nothing was changed.
+        NodeError::SavedState(reason) => BackendError::Invalid {
+            field: "saved_state".into(),
+            reason,
+        },
         NodeError::AddressesExhausted(m) => {
             BackendError::Capacity(format!("no free address left in {m}"))
         }
@@ -425,6 +431,11 @@ impl WorkspaceBackend for NodeBackend {
                 reason: format!("workspace {} has no snapshot", spec.id),
             });
         }
+        // A tampered or cut snapshot is refused while the workspace still runs.
+        self.node
+            .verify_snapshot(&spec.id)
+            .await
+            .map_err(map_err)?;
         let current = self.take(&spec.id).await;
         let ws = self
             .node

@@ -15,6 +15,7 @@ pub mod fork;
 pub mod keys;
 pub mod net;
 pub mod reconcile;
+pub mod sealed;
 pub mod snapshot;
 pub mod suspend;
 pub mod template;
@@ -41,6 +42,8 @@ pub enum NodeError {
     Disk(String),
     #[error("key management: {0}")]
     Kms(#[from] warren_kms::KmsError),
+    #[error("saved VM state unusable: {0}")]
+    SavedState(String),
     #[error("the workspace's agent did not become ready: {0}")]
     Boot(String),
     #[error("the workspace's agent did not become ready within {0:?}; boot log: {1}")]

@@ -1,8 +1,9 @@
 //! User snapshots: the memory, device state and writable disk of a running workspace
 //! at one instant, restored in place later.
 //!
-//! `workspaces/<id>/snapshots/latest/` holds `memory` (the migration stream, written
-//! through an fd), `data.ext4` (a sparse copy of the writable disk, taken while the
+//! `workspaces/<id>/snapshots/latest/` holds `memory` (the migration stream, sealed
+//! under a per-file key derived from the workspace's data key, see
+//! [`crate::sealed`]), `data.ext4` (a sparse copy of the writable disk, taken while the
 //! vCPUs are stopped, so memory and disk agree; an encrypted disk stays encrypted) and
 //! `snapshot.json` (the VM's shape, as for a freeze to disk). It is built under a
 //! temporary name and renamed into place, so a crash leaves the previous snapshot.
@@ -27,6 +28,9 @@ pub struct SnapshotInfo {
     pub disk_bytes: u64,
     pub save_ms: f64,
     pub total_ms: f64,
+    /// The memory file is sealed (the workspace has a data key).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +106,7 @@ impl Node {
                 disk_bytes: std::fs::metadata(&disk).map(|m| m.len()).unwrap_or(0),
                 save_ms: vm.save_ms,
                 total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                encrypted: crate::sealed::is_sealed(&tmp.join("memory")),
             };
             std::fs::write(
                 tmp.join("snapshot.json"),
@@ -133,9 +138,25 @@ impl Node {
         }
     }
 
+    /// Check workspace `id`'s snapshot end to end without loading it: its memory
+    /// file must authenticate to its last chunk (see [`crate::sealed`]). Callers run
+    /// it before [`Node::restore_snapshot`] ends the running VM, so a tampered or
+    /// truncated snapshot changes nothing.
+    pub async fn verify_snapshot(&self, id: &str) -> Result<()> {
+        let snap = self.snapshot_dir(id);
+        if !snap.join("snapshot.json").is_file() {
+            return Err(NodeError::Invalid {
+                field: "snapshot",
+                reason: format!("workspace {id} has no snapshot"),
+            });
+        }
+        self.verify_vm_state(id, &snap.join("memory")).await
+    }
+
     /// Put a workspace back to its snapshot: its VM (if `ws` is given, it is ended
     /// first), memory and disk as they were. Fails before touching anything when there
-    /// is no snapshot.
+    /// is no snapshot; call [`Node::verify_snapshot`] first to also refuse a memory
+    /// file that does not check out before `ws` is ended.
     pub async fn restore_snapshot(
         &self,
         ws: Option<RunningWorkspace>,

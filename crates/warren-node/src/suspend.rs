@@ -3,8 +3,11 @@
 //! later resume starts a new VMM from that file with the same disk, address and tap.
 //!
 //! Files in `workspaces/<id>/`:
-//! * `memory.state`: the saved VM (QEMU's migration stream, written through an fd
-//!   handed to the VMM, so a confined VMM needs no access to the path);
+//! * `memory.state`: the saved VM: QEMU's migration stream, which the VMM writes
+//!   into a pipe (an fd handed over QMP, so a confined VMM needs no access to the
+//!   path) and the node seals on its way to the file ([`crate::sealed`]: AES-256-GCM
+//!   under a per-file key derived from the workspace's data key). Only a workspace
+//!   without a data key (disk encryption off) has it in the clear, like its disk;
 //! * `suspended.json`: what the restore needs to rebuild an identical VM (the same
 //!   kernel, initramfs, image file, vCPUs and memory: a migration stream only loads
 //!   into the machine it came from) and the tap's MAC address.
@@ -232,11 +235,11 @@ impl Node {
         );
         let tmp = path.to_path_buf();
         let t = Instant::now();
-        if let Err(e) = ws.vm.snapshot(&tmp).await {
+        if let Err(e) = self.save_vm_state(ws, &tmp).await {
             let _ = std::fs::remove_file(&tmp);
             // The save stopped the vCPUs: let the guest go on as it was.
             let _ = ws.vm.resume().await;
-            return Err(e.into());
+            return Err(e);
         }
         let save_ms = t.elapsed().as_secs_f64() * 1000.0;
         let state_bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
@@ -264,6 +267,125 @@ impl Node {
             state_bytes,
             save_ms,
         })
+    }
+
+    /// The key that seals workspace `id`'s saved memory: its disk's data key
+    /// (unwrapped here, in memory only), `None` for a workspace whose disk is plain.
+    pub(crate) fn memory_key(&self, id: &str) -> Result<Option<warren_kms::DataKey>> {
+        let key_path = self.workspace_dir(id).join(crate::keys::KEY_FILE);
+        if !key_path.exists() {
+            return Ok(None);
+        }
+        let kms = self.kms().ok_or_else(|| {
+            NodeError::SavedState(format!(
+                "workspace {id} has a wrapped key but no master key is loaded"
+            ))
+        })?;
+        Ok(Some(kms.unwrap(&warren_kms::read_wrapped(&key_path)?, id)?))
+    }
+
+    /// Save `ws`'s memory and device state to `path`, sealed (see [`crate::sealed`])
+    /// when the workspace has a data key. The VMM writes into a pipe; a blocking
+    /// task encrypts what comes out and writes the file, so plaintext never reaches
+    /// the disk. The vCPUs are stopped and stay stopped.
+    pub(crate) async fn save_vm_state(&self, ws: &RunningWorkspace, path: &Path) -> Result<()> {
+        let Some(key) = self.memory_key(&ws.id)? else {
+            return Ok(ws.vm.snapshot(path).await?);
+        };
+        let mut out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io_err(format!("create {}", path.display())))?
+        };
+        let (r, w) = crate::sealed::pipe()?;
+        let id = ws.id.clone();
+        let sealer =
+            tokio::task::spawn_blocking(move || crate::sealed::seal(r, &mut out, &key, &id));
+        if let Err(e) = ws.vm.snapshot_to(w.into()).await {
+            // The VMM has closed its end (or died): the sealer ends. Do not wait
+            // forever for it if it does not.
+            let _ = tokio::time::timeout(Duration::from_secs(10), sealer).await;
+            return Err(e.into());
+        }
+        let stats = sealer
+            .await
+            .map_err(|e| NodeError::SavedState(format!("the sealing task failed: {e}")))??;
+        tracing::debug!(
+            plain_bytes = stats.plain_bytes,
+            file_bytes = stats.file_bytes,
+            "VM state sealed"
+        );
+        Ok(())
+    }
+
+    /// Start a VM for `spec` from the state saved at `path` by [`Node::save_vm_state`].
+    /// A sealed file is checked (header, key) before the VMM starts, then decrypted
+    /// into a pipe the VMM loads from; a chunk that fails authentication stops the
+    /// feed, so the load fails and the VMM is ended, with an error that says so.
+    pub(crate) async fn load_vm_state(
+        &self,
+        id: &str,
+        spec: &VmSpec,
+        path: &Path,
+    ) -> Result<Box<dyn warren_vmm::Vm>> {
+        let Some(key) = self.memory_key(id)? else {
+            if crate::sealed::is_sealed(path) {
+                return Err(NodeError::SavedState(format!(
+                    "{} is sealed but workspace {id} has no data key",
+                    path.display()
+                )));
+            }
+            return Ok(self.engine().restore(spec, path).await?);
+        };
+        // Refuses a file that is not sealed: with a data key, memory is never saved
+        // in the clear, so such a file was put there by someone else.
+        let opened = crate::sealed::open(path, &key, id)?;
+        drop(key);
+        let (r, w) = crate::sealed::pipe()?;
+        let feeder = tokio::task::spawn_blocking(move || opened.unseal(w));
+        let what = path.display().to_string();
+        let vm = self.engine().restore_from(spec, r.into(), &what).await;
+        let fed = feeder
+            .await
+            .map_err(|e| NodeError::SavedState(format!("the unsealing task failed: {e}")))
+            .and_then(|r| r);
+        match (vm, fed) {
+            (Ok(vm), Ok(_)) => Ok(vm),
+            (Ok(vm), Err(e)) => {
+                // Loaded, yet the file did not check out to its end (e.g. cut after
+                // the VMM's last section): do not run it.
+                let _ = vm.kill().await;
+                Err(e)
+            }
+            // A bad chunk stopped the feed, which is why the load failed.
+            (Err(_), Err(e @ NodeError::SavedState(_))) => Err(e),
+            (Err(e), _) => Err(e.into()),
+        }
+    }
+
+    /// Check the whole saved state at `path` without loading it (a full
+    /// authentication pass for a sealed file), so a caller can refuse a bad file
+    /// before it changes anything.
+    pub(crate) async fn verify_vm_state(&self, id: &str, path: &Path) -> Result<()> {
+        let key = self.memory_key(id)?;
+        let (id, path) = (id.to_string(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || match key {
+            Some(key) => crate::sealed::open(&path, &key, &id)?
+                .unseal(std::io::sink())
+                .map(|_| ()),
+            None if crate::sealed::is_sealed(&path) => Err(NodeError::SavedState(format!(
+                "{} is sealed but workspace {id} has no data key",
+                path.display()
+            ))),
+            None => Ok(()),
+        })
+        .await
+        .map_err(|e| NodeError::SavedState(format!("the checking task failed: {e}")))?
     }
 
     /// vCPUs and memory of the running VMM, from its command line (the spec it was
@@ -366,8 +488,7 @@ impl Node {
         };
         let t = Instant::now();
         let vm = self
-            .engine()
-            .restore(&vm_spec, &dir.join(STATE_FILE))
+            .load_vm_state(&id, &vm_spec, &dir.join(STATE_FILE))
             .await?;
         let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
         write_owner(&dir, &id, vm.pid(), lease.record.index)?;

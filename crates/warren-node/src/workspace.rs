@@ -262,6 +262,11 @@ impl Node {
         &self.vmm
     }
 
+    /// The key manager (for sealing saved memory in [`crate::suspend`]).
+    pub(crate) fn kms(&self) -> Option<&Arc<dyn warren_kms::KeyManager>> {
+        self.kms.as_ref()
+    }
+
     /// Check a spec against the node's limits before anything is allocated.
     pub fn validate(&self, spec: &WorkspaceSpec) -> Result<()> {
         let c = &self.config;

@@ -233,6 +233,11 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
     assert!(r.out.contains("pty-42"), "{}", r.out);
     assert!(r.out.contains("/dev/pts/"), "{}", r.out);
     assert!(r.out.contains("24 80"), "{}", r.out);
+    // A shell without a PTY (`ssh -T`, no command): a login shell reading the input.
+    let r = gw.ssh(&good, &["-T"], None, b"echo no-pty-$((2+2)); tty; exit 7\n");
+    assert_eq!(r.code, 7, "{} / {}", r.out, r.err);
+    assert!(r.out.contains("no-pty-4"), "{}", r.out);
+    assert!(r.out.contains("not a tty"), "{}", r.out);
     // On a real terminal (util-linux `script` gives ssh one): its size goes out in
     // pty-req, and a resize as window-change reaches the shell's PTY.
     let winch = data.path().join("winch.sh");

@@ -7,9 +7,8 @@
 use super::Agent;
 use futures_util::{SinkExt, StreamExt};
 use russh::server::Msg;
-use russh::Channel;
+use russh::{Channel, ChannelMsg};
 use std::net::IpAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Where the agent should connect for a `direct-tcpip` request to `host:port`, or None
@@ -41,41 +40,47 @@ pub async fn tunnel(agent: Agent, host: String, port: u16, channel: Channel<Msg>
         }
     };
     let (mut sink, mut stream) = ws.split();
-    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
-    let up = tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 << 10];
+    let (mut from_client, to_client) = channel.split();
+    // Client -> workspace. Ends when the channel is closed (or the whole SSH
+    // connection goes), which closes the WebSocket and so the agent's connection.
+    let up = async move {
         loop {
-            match rd.read(&mut buf).await {
-                Ok(0) => {
-                    // The client's end of input: half-close inside the workspace.
-                    let _ = sink.send(Message::Text("eof".into())).await;
-                    // Keep the sink (and so the WebSocket) open for the answer.
-                    return std::future::pending::<()>().await;
-                }
-                Err(_) => break,
-                Ok(n) => {
+            match from_client.wait().await {
+                Some(ChannelMsg::Data { data }) => {
                     if sink
-                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .send(Message::Binary(data.to_vec().into()))
                         .await
                         .is_err()
                     {
                         break;
                     }
                 }
+                // The client's end of input: half-close inside the workspace, and
+                // keep the answer coming until the channel closes.
+                Some(ChannelMsg::Eof) => {
+                    let _ = sink.send(Message::Text("eof".into())).await;
+                }
+                Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
             }
         }
         let _ = sink.close().await;
-    });
-    while let Some(Ok(m)) = stream.next().await {
-        match m {
-            Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
-            Message::Binary(_) => {}
-            Message::Close(_) => break,
-            _ => {}
+    };
+    // Workspace -> client. Ends when the workspace side closes: EOF and close to the
+    // client.
+    let down = async move {
+        while let Some(Ok(m)) = stream.next().await {
+            match m {
+                Message::Binary(b) if to_client.data(&b[..]).await.is_err() => return,
+                Message::Close(_) => break,
+                _ => {}
+            }
         }
+        let _ = to_client.eof().await;
+        let _ = to_client.close().await;
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
     }
-    // The workspace side is done: EOF to the client, then the channel closes (the
-    // stream's halves close it when dropped) and the client side stops too.
-    let _ = wr.shutdown().await;
-    up.abort();
 }

@@ -165,6 +165,11 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
         assert_eq!(code, 0);
         rts.push(rt);
     }
+    assert_ne!(
+        agent_token(data.path(), &ids[0]),
+        agent_token(data.path(), &ids[1]),
+        "two children share a token"
+    );
     let mut uniq = boot_ids.clone();
     uniq.sort();
     uniq.dedup();

@@ -2,8 +2,13 @@
 //! `lifecycle.setIdle`): a running workspace with a policy whose tap has carried no
 //! traffic (requests through the gateway or the edge, exec, terminals, its own network
 //! use) for `suspend_after` seconds is frozen to disk; a request through the gateway
-//! wakes it (the gateway asks for `running`, this loop thaws it, the gateway forwards).
-//! `stop_after` is stored and shown but not acted on yet.
+//! wakes it (the gateway asks for `running`, this loop thaws it, the gateway forwards),
+//! and so does a request through one of its public URLs (the edge does the same). A
+//! workspace asleep for `stop_after` seconds (0: never) is stopped: its saved memory
+//! is dropped, its files stay, and the next wake boots it. The time asleep is counted
+//! by this loop, so a server restart starts it again.
+//!
+//! The same policy is accepted at create as `config.idle` and checked the same way.
 
 use crate::manager::Manager;
 use serde_json::{json, Value};
@@ -17,6 +22,45 @@ pub fn suspend_after(config: &Value) -> Option<u64> {
     let s = config.get("idle")?.get("suspend_after")?;
     let secs = s.as_u64().or_else(|| crate::model::parse_ttl(s).ok())?;
     (secs > 0).then_some(secs)
+}
+
+/// `config.idle.stop_after` in seconds; `None`: never stop.
+pub fn stop_after(config: &Value) -> Option<u64> {
+    suspend_after(config)?;
+    let secs = config.get("idle")?.get("stop_after")?.as_u64()?;
+    (secs > 0).then_some(secs)
+}
+
+/// The shortest `stop_after`: thirty times the shortest `suspend_after` (one hour with
+/// the default two minutes, as the oblien client documents).
+pub fn stop_min_secs(min_secs: u64) -> u64 {
+    min_secs.saturating_mul(30)
+}
+
+/// Check and normalise `config.idle` of a create or update (seconds, as
+/// `lifecycle.setIdle` stores it; removed when off). Bad input: the field named,
+/// nothing stored.
+pub fn normalize_config(
+    config: &mut serde_json::Map<String, Value>,
+    min_secs: u64,
+) -> Result<(), (String, String)> {
+    let policy = match config.get("idle") {
+        None => return Ok(()),
+        Some(Value::Null) => None,
+        Some(body @ Value::Object(_)) => parse_policy(body, min_secs)
+            .map_err(|(field, reason)| (format!("config.idle.{field}"), reason))?,
+        Some(_) => {
+            return Err((
+                "config.idle".into(),
+                "must be an object {suspend_after, stop_after?} or null".into(),
+            ))
+        }
+    };
+    match policy {
+        Some(p) => config.insert("idle".into(), p),
+        None => config.remove("idle"),
+    };
+    Ok(())
 }
 
 /// Parse a policy from a request body: `{suspend_after, stop_after?}`; `None`: off.
@@ -46,20 +90,28 @@ pub fn parse_policy(body: &Value, min_secs: u64) -> Result<Option<Value>, (Strin
             format!("{suspend} s is below the minimum of {min_secs} s"),
         ));
     }
-    if stop != 0 && stop < 3600 {
+    let stop_min = stop_min_secs(min_secs);
+    if stop != 0 && stop < stop_min {
         return Err((
             "stop_after".into(),
-            format!("{stop} s is below the minimum of 3600 s (or 0: keep the memory)"),
+            format!("{stop} s is below the minimum of {stop_min} s (or 0: keep the memory)"),
         ));
     }
     Ok(Some(json!({"suspend_after": suspend, "stop_after": stop})))
 }
 
-/// The loop: once a second, freeze idle workspaces and thaw those asked to wake.
+/// The loop: once a second, freeze idle workspaces, stop those asleep for their
+/// `stop_after`, and start those asked to wake.
 pub fn spawn(m: Arc<Manager>) {
     tokio::spawn(async move {
         // Per workspace: the tap counters last seen and when they last moved.
         let mut seen: HashMap<String, ((u64, u64), Instant)> = HashMap::new();
+        // Per sleeping workspace: since when this loop has seen it asleep.
+        let mut asleep: HashMap<String, Instant> = HashMap::new();
+        // Stopped by the system (not by its user) with a policy: a request through the
+        // edge may start it again. A crashed VM stays desired `running` and is never
+        // here, so it is not restarted in a loop.
+        let mut wakeable: std::collections::HashSet<String> = Default::default();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
@@ -72,14 +124,61 @@ pub fn spawn(m: Arc<Manager>) {
                     continue;
                 };
                 live.push(w.id.clone());
-                // A wake asked for (by the gateway): thaw.
-                if w.desired_state == DesiredState::Running
-                    && w.observed_state == ObservedState::Paused
+                if w.desired_state == DesiredState::Stopped
+                    && w.observed_state == ObservedState::Stopped
+                    && !w.user_requested_stop
                 {
+                    wakeable.insert(w.id.clone());
+                    continue;
+                }
+                // A wake asked for (by the gateway or the edge): thaw, or boot one
+                // that was stopped after sleeping too long.
+                let woken = match w.observed_state {
+                    ObservedState::Paused => true,
+                    ObservedState::Stopped => wakeable.contains(&w.id),
+                    _ => false,
+                };
+                if w.desired_state == DesiredState::Running && woken {
                     seen.remove(&w.id);
+                    asleep.remove(&w.id);
+                    wakeable.remove(&w.id);
                     m.spawn_converge(&w.id);
                     continue;
                 }
+                if w.observed_state == ObservedState::Running {
+                    wakeable.remove(&w.id);
+                }
+                if w.desired_state == DesiredState::Paused
+                    && w.observed_state == ObservedState::Paused
+                {
+                    seen.remove(&w.id);
+                    let since = *asleep.entry(w.id.clone()).or_insert_with(Instant::now);
+                    if let Some(stop) = stop_after(&w.config) {
+                        if since.elapsed() >= Duration::from_secs(stop) {
+                            asleep.remove(&w.id);
+                            wakeable.insert(w.id.clone());
+                            let m = m.clone();
+                            let id = w.id.clone();
+                            tracing::info!(workspace_id = %id, stop, "idle: asleep too long, stopping");
+                            tokio::spawn(async move {
+                                if let Err(e) = m
+                                    .set_desired(
+                                        None,
+                                        &id,
+                                        DesiredState::Stopped,
+                                        false,
+                                        "idle_stop",
+                                    )
+                                    .await
+                                {
+                                    tracing::warn!(workspace_id = %id, error = %e.message, "idle stop failed");
+                                }
+                            });
+                        }
+                    }
+                    continue;
+                }
+                asleep.remove(&w.id);
                 if w.desired_state != DesiredState::Running
                     || w.observed_state != ObservedState::Running
                     || !m.backend.is_running(&w.id)
@@ -114,6 +213,8 @@ pub fn spawn(m: Arc<Manager>) {
                 }
             }
             seen.retain(|id, _| live.contains(id));
+            asleep.retain(|id, _| live.contains(id));
+            wakeable.retain(|id| live.contains(id));
         }
     });
 }

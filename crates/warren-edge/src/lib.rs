@@ -17,6 +17,7 @@ pub mod names;
 pub mod proxy;
 pub mod seal;
 pub mod ssh;
+pub mod wake;
 
 use std::net::SocketAddr;
 

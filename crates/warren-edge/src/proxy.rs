@@ -408,6 +408,11 @@ async fn to_workspace(
             )
         }
     };
+    // Asleep on idle: this request wakes it, as the gateway's do (crate::wake).
+    let ws = match crate::wake::wake_if_asleep(&edge.store, ws, port).await {
+        Ok(w) => w,
+        Err(p) => return problem(p.status, p.code, p.message),
+    };
     let ip = match (ws.observed_state, ws.internal_ip.as_deref()) {
         (ObservedState::Running, Some(ip)) => ip.to_string(),
         (state, _) => {

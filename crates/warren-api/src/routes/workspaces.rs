@@ -19,7 +19,13 @@ pub async fn create(
     Authed(client): Authed,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let req = model::parse_create(&json_body(&body)?)?;
+    let mut req = model::parse_create(&json_body(&body)?)?;
+    // config.idle: the same policy and limits as lifecycle/idle, checked before
+    // anything is stored.
+    if let Value::Object(cfg) = &mut req.config {
+        crate::idle::normalize_config(cfg, st.manager.config.idle_min_secs)
+            .map_err(|(field, reason)| ApiError::invalid(&field, reason))?;
+    }
     let (mut w, created) = st.manager.create(&client.id, &req).await?;
     if req.wait_ready {
         let timeout = Duration::from_secs(req.ready_timeout_seconds);
@@ -127,6 +133,12 @@ pub async fn update(
         if network_change {
             let mut obj = merged.as_object().cloned().unwrap_or_default();
             crate::network::normalize(&serde_json::Map::new(), &mut obj)?;
+            merged = Value::Object(obj);
+        }
+        if patch.contains_key("idle") {
+            let mut obj = merged.as_object().cloned().unwrap_or_default();
+            crate::idle::normalize_config(&mut obj, st.manager.config.idle_min_secs)
+                .map_err(|(field, reason)| ApiError::invalid(&field, reason))?;
             merged = Value::Object(obj);
         }
         let obj = merged.as_object().cloned().unwrap_or_default();

@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     fast_runs: usize,
     /// Guest kernels to measure and compare: minimal (scripts/build-kernel.sh builds
-    /// it), debian, or paths.
+    /// it), debian, or paths; `none` runs only the fast-start section.
     #[arg(long, value_delimiter = ',', default_value = "minimal,debian")]
     kernels: Vec<String>,
     /// Children of the fork benchmark (fork of N); 0 skips it.
@@ -228,7 +228,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!("# Warren boot benchmark");
     let mut all = Vec::new();
-    for k in &args.kernels {
+    // `--kernels none`: only the fast-start section.
+    for k in args.kernels.iter().filter(|k| k.as_str() != "none") {
         all.push((k.clone(), bench_kernel(&args, k.clone()).await?));
     }
     if args.fast_runs > 0 {

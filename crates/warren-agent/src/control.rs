@@ -215,14 +215,32 @@ pub fn take_lines(buf: &mut Vec<u8>) -> Vec<Result<HostMessage, String>> {
     out
 }
 
+/// Pauses between reads while the host end is not connected: 2 ms for the first
+/// second (a VM restored from a template or from disk runs a moment before the host
+/// connects and sends its `Boot` or `Resume`, which must not wait out a long sleep;
+/// `poll` cannot help, the port reports a hangup at once), then 200 ms (a host that is
+/// away for long costs the guest little).
+fn reconnect_backoff(misses: u32) -> Duration {
+    if misses < 500 {
+        Duration::from_millis(2)
+    } else {
+        Duration::from_millis(200)
+    }
+}
+
 fn read_loop(mut port: File, tx: mpsc::Sender<HostMessage>) {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
+    let mut misses = 0u32;
     loop {
         match port.read(&mut chunk) {
             // The host end is not connected: poll again shortly.
-            Ok(0) => std::thread::sleep(Duration::from_millis(200)),
+            Ok(0) => {
+                std::thread::sleep(reconnect_backoff(misses));
+                misses = misses.saturating_add(1);
+            }
             Ok(n) => {
+                misses = 0;
                 buf.extend_from_slice(&chunk[..n]);
                 for msg in take_lines(&mut buf) {
                     match msg {
@@ -287,6 +305,14 @@ mod tests {
             HostMessage::Ping { id: 1 }
         );
         assert!(decode_host_message(r#"{"type":"boot"}"#).is_err());
+    }
+
+    #[test]
+    fn backoff_starts_short_and_is_capped() {
+        assert_eq!(reconnect_backoff(0), Duration::from_millis(2));
+        assert_eq!(reconnect_backoff(499), Duration::from_millis(2));
+        assert_eq!(reconnect_backoff(500), Duration::from_millis(200));
+        assert_eq!(reconnect_backoff(u32::MAX), Duration::from_millis(200));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Order: API file systems and console, kernel modules (synchronously, before anything
 //! else opens files or starts threads); then, in the async runtime: the child reaper,
-//! the control port (`Hello` -> `Boot`), clock and entropy, disks and overlay,
+//! the control port, the image mounted read-only (no secret: a template is saved after
+//! it), `Hello` -> `Boot`, clock and entropy, the writable disk and overlay,
 //! switch_root, hostname, network, the runtime API (`Ready`), the workspace command.
 //! Afterwards the control loop answers pings and handles power-off. A failure before
 //! `Ready` is reported as `BootFailed` and the VM stays up: PID 1 never exits.
@@ -38,6 +39,9 @@ use warren_protocol::control::{
 /// How long to wait for devices (the control port, disks, the NIC) to show up.
 const DEVICE_WAIT: Duration = Duration::from_secs(2);
 const BOOT_LOG: &str = "/run/warren/boot.log";
+/// The cipher the host encrypts data disks with (`warren_node::disk::CIPHER`),
+/// instantiated before `Hello` (see [`dm::warm_crypt`]).
+const WARM_CIPHER: &str = "aes-xts-plain64";
 /// Workload log files (rotated), in the workspace's writable layer.
 const WORKLOAD_LOGS: &str = "/var/log/warren/workloads";
 /// Workload definitions, saved so they start again at the next boot.
@@ -209,6 +213,20 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
             (ControlTx::disconnected(), None)
         }
     };
+    // Everything that holds no secret of a workspace happens before `Hello`, so a
+    // template (saved when it says hello) has it done: the image is mounted and its
+    // first binaries are in the page cache.
+    // Before the image is mounted: dm cannot claim a device a file system holds.
+    if let Some(image) = mounts::image_device() {
+        match tokio::task::block_in_place(|| dm::warm_crypt(WARM_CIPHER, &image)) {
+            Ok(()) => log.step(format!("dm-crypt warmed ({WARM_CIPHER})")),
+            Err(e) => tracing::info!("dm-crypt warm-up: {e}"),
+        }
+    }
+    match tokio::task::block_in_place(|| mounts::premount_image(DEVICE_WAIT)) {
+        Ok(summary) => log.step(summary),
+        Err(e) => tracing::warn!("image: {e} (trying again at boot)"),
+    }
     tx.send(&GuestMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -355,7 +373,9 @@ async fn boot(
         tokio::task::block_in_place(|| mounts::prepare_root(&config.data_disk, DEVICE_WAIT))?;
     log.step(&root.summary);
     *data_fd = root.data;
+    let t = std::time::Instant::now();
     tokio::task::block_in_place(|| mounts::switch_root(Path::new(mounts::ROOT_DIR)))?;
+    log.step(format!("switch_root took {} ms", t.elapsed().as_millis()));
     timings.root_mounted_ms = boottime_ms();
     log.step("switched into the workspace root");
 

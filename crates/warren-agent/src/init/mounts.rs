@@ -173,25 +173,120 @@ pub struct PreparedRoot {
     pub summary: String,
 }
 
-/// Mount the image read-only, the writable layer, and the overlay of both at
-/// [`ROOT_DIR`].
+/// Files of an image that a first command is likely to run or load (its shell, busybox,
+/// `true`, the dynamic loader and libc), relative to the image's root.
+const WARM_FILES: &[&str] = &[
+    "bin/sh",
+    "bin/busybox",
+    "bin/true",
+    "usr/bin/true",
+    "bin/bash",
+    "usr/bin/env",
+    "lib64/ld-linux-x86-64.so.2",
+    "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "lib/x86_64-linux-gnu/libc.so.6",
+    "usr/lib/x86_64-linux-gnu/libc.so.6",
+    "lib/ld-musl-x86_64.so.1",
+];
+/// Largest file read to warm the page cache.
+const WARM_MAX_BYTES: u64 = 16 << 20;
+
+/// `rel` (a path in the image) with its symlinks followed inside the image: an
+/// absolute link names a path of the image, not of the initramfs.
+fn resolve_in_image(root: &Path, rel: &str) -> Option<PathBuf> {
+    let mut p = root.join(rel);
+    for _ in 0..8 {
+        let md = fs::symlink_metadata(&p).ok()?;
+        if !md.file_type().is_symlink() {
+            return md.is_file().then_some(p);
+        }
+        let target = fs::read_link(&p).ok()?;
+        p = if target.is_absolute() {
+            root.join(target.strip_prefix("/").ok()?)
+        } else {
+            p.parent()?.join(target)
+        };
+    }
+    None
+}
+
+/// Read the image's likely first binaries into the page cache: in a template (saved
+/// right after this) every clone then starts with them in memory.
+fn warm_image(root: &Path) -> (usize, u64) {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut bytes = 0;
+    for rel in WARM_FILES {
+        let Some(p) = resolve_in_image(root, rel) else {
+            continue;
+        };
+        if seen.contains(&p) {
+            continue;
+        }
+        if let Ok(mut f) = fs::File::open(&p) {
+            let n = std::io::copy(
+                &mut std::io::Read::take(&mut f, WARM_MAX_BYTES),
+                &mut std::io::sink(),
+            )
+            .unwrap_or(0);
+            bytes += n;
+            seen.push(p);
+        }
+    }
+    (seen.len(), bytes)
+}
+
+/// The image disk's device node, if it is there now.
+pub fn image_device() -> Option<PathBuf> {
+    find_disk_in(Path::new("/sys/block"), IMAGE_DISK_SERIAL).map(|n| PathBuf::from("/dev").join(n))
+}
+
+/// Mount the image read-only at [`IMAGE_DIR`] and warm its first binaries, before the
+/// agent says `Hello`: nothing in it is a workspace's secret, so a template is saved
+/// with it mounted and a clone's `Boot` only opens the writable disk.
+pub fn premount_image(wait: Duration) -> Result<String, MountError> {
+    let image = wait_for_disk(IMAGE_DISK_SERIAL, wait)?;
+    let image_s = image.to_string_lossy().into_owned();
+    if !is_mountpoint(Path::new(IMAGE_DIR)) {
+        do_mount(&image_s, IMAGE_DIR, "ext4", MsFlags::MS_RDONLY, None)?;
+    }
+    let (files, bytes) = warm_image(Path::new(IMAGE_DIR));
+    Ok(format!(
+        "image {image_s} mounted read-only; {files} files ({} KiB) read ahead",
+        bytes >> 10
+    ))
+}
+
+/// Mount the image read-only (unless [`premount_image`] did), the writable layer, and
+/// the overlay of both at [`ROOT_DIR`].
+///
+/// The writable ext4 is mounted with `noinit_itable`: the host formats it with lazy
+/// inode-table init, and the kernel thread that would zero those tables after mount
+/// competes for the vCPU and the disk with the workspace's first commands (uninitialised
+/// tables stay flagged as such, which ext4 and e2fsck handle).
 pub fn prepare_root(data_disk: &DataDisk, wait: Duration) -> Result<PreparedRoot, MountError> {
     let image = wait_for_disk(IMAGE_DISK_SERIAL, wait)?;
     let image_s = image.to_string_lossy().into_owned();
-    do_mount(&image_s, IMAGE_DIR, "ext4", MsFlags::MS_RDONLY, None)?;
+    if !is_mountpoint(Path::new(IMAGE_DIR)) {
+        do_mount(&image_s, IMAGE_DIR, "ext4", MsFlags::MS_RDONLY, None)?;
+    }
+    let data_opts = Some("noinit_itable");
     let data_desc = match data_disk {
         DataDisk::Ext4 => {
             let data = wait_for_disk(DATA_DISK_SERIAL, wait)?;
             let data_s = data.to_string_lossy().into_owned();
-            do_mount(&data_s, DATA_DIR, "ext4", MsFlags::MS_NOATIME, None)?;
+            do_mount(&data_s, DATA_DIR, "ext4", MsFlags::MS_NOATIME, data_opts)?;
             format!("{data_s} (ext4)")
         }
         DataDisk::Encrypted(enc) => {
             let raw = wait_for_disk(DATA_DISK_SERIAL, wait)?;
+            let t = Instant::now();
             let mapped =
                 super::dm::open_crypt(&raw, &enc.cipher, enc.key_hex.expose(), enc.sector_size)?;
+            let crypt_ms = t.elapsed().as_millis();
             let mapped_s = mapped.to_string_lossy().into_owned();
-            do_mount(&mapped_s, DATA_DIR, "ext4", MsFlags::MS_NOATIME, None)?;
+            let t = Instant::now();
+            do_mount(&mapped_s, DATA_DIR, "ext4", MsFlags::MS_NOATIME, data_opts)?;
+            let mount_ms = t.elapsed().as_millis();
             let grown = match super::dm::grow_fs(&mapped, Path::new(DATA_DIR)) {
                 Ok(Some(blocks)) => format!(", grown to {blocks} blocks"),
                 Ok(None) => String::new(),
@@ -201,7 +296,7 @@ pub fn prepare_root(data_disk: &DataDisk, wait: Duration) -> Result<PreparedRoot
                 }
             };
             format!(
-                "{} ({}, {mapped_s}, ext4{grown})",
+                "{} ({}, {mapped_s}, ext4{grown}; dm-crypt {crypt_ms} ms, mount {mount_ms} ms)",
                 raw.display(),
                 enc.cipher
             )
@@ -217,6 +312,7 @@ pub fn prepare_root(data_disk: &DataDisk, wait: Duration) -> Result<PreparedRoot
             "tmpfs".to_string()
         }
     };
+    let t = Instant::now();
     let upper = format!("{DATA_DIR}/upper");
     let work = format!("{DATA_DIR}/work");
     mkdir(&upper)?;
@@ -237,7 +333,10 @@ pub fn prepare_root(data_disk: &DataDisk, wait: Duration) -> Result<PreparedRoot
         .map(OwnedFd::from);
     Ok(PreparedRoot {
         data,
-        summary: format!("image {image_s} (ro) + {data_desc} -> {ROOT_DIR}"),
+        summary: format!(
+            "image {image_s} (ro) + {data_desc} -> {ROOT_DIR} (overlay {} ms)",
+            t.elapsed().as_millis()
+        ),
     })
 }
 
@@ -354,6 +453,30 @@ mod tests {
             Some("vdb")
         );
         assert_eq!(find_disk_in(d.path(), "nope"), None);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_image() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::write(root.join("bin/busybox"), b"elf").unwrap();
+        std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+        // Absolute: the image's /bin/busybox, not the host's.
+        std::os::unix::fs::symlink("/bin/busybox", root.join("usr/bin/true")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("bin/loop")).unwrap();
+        assert_eq!(
+            resolve_in_image(root, "bin/sh"),
+            Some(root.join("bin/busybox"))
+        );
+        assert_eq!(
+            resolve_in_image(root, "usr/bin/true"),
+            Some(root.join("bin/busybox"))
+        );
+        assert_eq!(resolve_in_image(root, "bin/loop"), None);
+        assert_eq!(resolve_in_image(root, "bin/missing"), None);
+        assert_eq!(warm_image(root), (1, 3));
     }
 
     #[test]

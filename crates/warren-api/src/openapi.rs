@@ -461,7 +461,7 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "POST",
         "/workspace/{id}/domain",
         "edge",
-        "Connect a custom domain (certificate from the local CA, works at once)",
+        "Connect a custom domain (works at once; local-CA certificate, replaced by an ACME one when configured)",
         200,
     ),
     (
@@ -475,14 +475,14 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "POST",
         "/workspace/{id}/domain/check",
         "edge",
-        "Resolve a domain and list what it points at (no changes)",
+        "Check that a domain points at the edge (CNAME to a preview host, or A/AAAA); no changes",
         200,
     ),
     (
         "POST",
         "/workspace/{id}/domain/ssl/renew",
         "edge",
-        "Issue a new certificate for the custom domain now",
+        "Renew the custom domain's certificate now (ACME: in the background, status pending)",
         200,
     ),
     (

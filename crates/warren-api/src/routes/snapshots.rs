@@ -183,6 +183,19 @@ pub async fn archive_create(
         Some(Value::String(s)) => s.clone(),
         Some(other) => return Err(ApiError::invalid("version", format!("{other}: a string"))),
     };
+    // The client can ask for an archive of some paths only; ours is the whole disk.
+    for field in ["vm_paths", "exclude_vm_paths"] {
+        match body.as_ref().and_then(|b| b.get(field)) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(_) => {
+                return Err(ApiError::not_implemented(
+                    &format!("archives of selected paths ({field}); an archive is the whole disk"),
+                    "issue 8",
+                ))
+            }
+        }
+    }
     if let Some(f) = body
         .as_ref()
         .and_then(|b| b.get("format"))

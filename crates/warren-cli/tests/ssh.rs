@@ -334,6 +334,29 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
     );
     let r = gw.ssh(&good, &[], Some("test -e /tmp/sd"), b"");
     assert_eq!(r.code, 1, "rmdir left /tmp/sd");
+    // More entries than one readdir answer carries (128): all of them, once.
+    let r = gw.ssh(
+        &good,
+        &[],
+        Some("mkdir /tmp/many && cd /tmp/many && for i in $(seq 300); do : > f$i; done"),
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    std::fs::write(&batch, "ls /tmp/many\n").unwrap();
+    let mut c = Command::new("sftp");
+    c.args(["-P", &port.to_string()])
+        .args(opts(&good))
+        .arg("-b")
+        .arg(&batch)
+        .arg(gw.target());
+    let r = run(c, b"");
+    assert_eq!(r.code, 0, "{}", r.err);
+    let names = r
+        .out
+        .split_whitespace()
+        .filter(|w| w.starts_with("/tmp/many/f"))
+        .count();
+    assert_eq!(names, 300, "{}", r.out);
     // A failing command in batch mode fails the batch, with the agent's reason.
     std::fs::write(&batch, "get /tmp/nonexistent.bin\n").unwrap();
     let mut c = Command::new("sftp");

@@ -36,6 +36,8 @@ use warren_protocol::runtime::{
 
 /// Chunks of an upload in flight between the client's writes and the agent.
 const UPLOAD_QUEUE: usize = 8;
+/// Directory entries per SSH_FXP_NAME answer.
+const READDIR_BATCH: usize = 128;
 
 pub struct Sftp {
     agent: Agent,
@@ -383,8 +385,16 @@ impl russh_sftp::server::Handler for Sftp {
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
         match self.handles.get_mut(&handle) {
-            Some(Open::Dir { entries }) => match entries.take() {
-                Some(files) if !files.is_empty() => Ok(Name { id, files }),
+            // A batch at a time: one packet must stay under the client's limit
+            // (OpenSSH: 256 KiB).
+            Some(Open::Dir { entries }) => match entries.as_mut() {
+                Some(files) if !files.is_empty() => {
+                    let n = files.len().min(READDIR_BATCH);
+                    Ok(Name {
+                        id,
+                        files: files.drain(..n).collect(),
+                    })
+                }
                 _ => Err(StatusCode::Eof.into()),
             },
             _ => Err(fail(StatusCode::Failure, "not a directory handle")),

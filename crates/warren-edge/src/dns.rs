@@ -37,9 +37,12 @@ pub struct DnsReport {
     pub errors: Vec<String>,
 }
 
+/// The whole check's time limit.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolveError> {
     let mut opts = ResolverOpts::default();
-    opts.timeout = Duration::from_secs(3);
+    opts.timeout = Duration::from_secs(2);
     opts.attempts = 2;
     // A check must see the current records, not a cached answer from minutes ago.
     opts.cache_size = 0;
@@ -71,8 +74,23 @@ pub async fn check(cfg: &DnsConfig, domain: &str, targets: &[String]) -> DnsRepo
         }
     };
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
+    // The three lookups at once, and never longer than CHECK_TIMEOUT in all (a connect
+    // reports the check, so a dead name server must not hold it up).
+    let all = async {
+        tokio::join!(
+            res.lookup(fqdn.as_str(), RecordType::CNAME),
+            res.lookup(fqdn.as_str(), RecordType::A),
+            res.lookup(fqdn.as_str(), RecordType::AAAA),
+        )
+    };
+    let Ok((cname, a, aaaa)) = tokio::time::timeout(CHECK_TIMEOUT, all).await else {
+        r.errors.push(format!(
+            "resolving {domain} took longer than {CHECK_TIMEOUT:?}"
+        ));
+        return r;
+    };
     let mut cnames = Vec::new();
-    if let Ok(l) = res.lookup(fqdn.as_str(), RecordType::CNAME).await {
+    if let Ok(l) = cname {
         for rec in l.record_iter() {
             if let RData::CNAME(c) = rec.data() {
                 cnames.push(host(&c.0.to_utf8()));
@@ -81,8 +99,8 @@ pub async fn check(cfg: &DnsConfig, domain: &str, targets: &[String]) -> DnsRepo
     }
     let mut addrs: Vec<IpAddr> = Vec::new();
     let mut failures = Vec::new();
-    for t in [RecordType::A, RecordType::AAAA] {
-        match res.lookup(fqdn.as_str(), t).await {
+    for (t, answer) in [(RecordType::A, a), (RecordType::AAAA, aaaa)] {
+        match answer {
             Ok(l) => {
                 let mut seen = Vec::new();
                 for rec in l.record_iter() {
@@ -147,4 +165,26 @@ pub async fn check(cfg: &DnsConfig, domain: &str, targets: &[String]) -> DnsRepo
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name server that never answers: the check ends within its limit, unverified,
+    /// saying why.
+    #[tokio::test]
+    async fn a_silent_name_server_fails_the_check_in_time() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cfg = DnsConfig {
+            nameserver: Some(silent.local_addr().unwrap()),
+            public_ips: vec!["127.0.0.1".parse().unwrap()],
+        };
+        let t = std::time::Instant::now();
+        let r = check(&cfg, "app.example.test", &["x.warren.test".into()]).await;
+        assert!(t.elapsed() < CHECK_TIMEOUT + Duration::from_secs(1));
+        assert!(!r.verified && !r.cname, "{r:?}");
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        assert!(r.records.is_empty(), "{r:?}");
+    }
 }

@@ -109,7 +109,9 @@ fn assert_refused(st: u16, b: &Value, what: &str) {
     let msg = b["message"].as_str().unwrap_or("").to_string() + &b.to_string();
     assert_eq!(st, 422, "{what}: {b}");
     assert!(
-        msg.contains("failed authentication") || msg.contains("truncated"),
+        msg.contains("failed authentication")
+            || msg.contains("truncated")
+            || msg.contains("not a sealed"),
         "{what}: not a clear error: {b}"
     );
 }
@@ -175,6 +177,16 @@ async fn saved_memory_is_sealed_and_a_tampered_file_changes_nothing() {
     assert_refused(st, &b, "truncated");
     assert_eq!(status(&s, &id).await, "paused");
     assert!(vmm_gone(&id));
+
+    // A plain QEMU stream in its place (a downgrade) is refused too.
+    let mut plain = good.clone();
+    plain[..8].copy_from_slice(b"QEVM\0\0\0\x03");
+    std::fs::write(&state, &plain).unwrap();
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{id}/resume"), None)
+        .await;
+    assert_refused(st, &b, "unsealed");
+    assert_eq!(status(&s, &id).await, "paused");
 
     // The intact file resumes: the RAM file and the process are there.
     std::fs::write(&state, &good).unwrap();

@@ -308,9 +308,14 @@ impl Node {
             tokio::task::spawn_blocking(move || crate::sealed::seal(r, &mut out, &key, &id));
         if let Err(e) = ws.vm.snapshot_to(w.into()).await {
             // The VMM has closed its end (or died): the sealer ends. Do not wait
-            // forever for it if it does not.
-            let _ = tokio::time::timeout(Duration::from_secs(10), sealer).await;
-            return Err(e.into());
+            // forever for it if it does not. If the sealer failed first (e.g. the
+            // disk is full), that is why the VMM's write failed: report it.
+            return Err(
+                match tokio::time::timeout(Duration::from_secs(10), sealer).await {
+                    Ok(Ok(Err(sealing))) => sealing,
+                    _ => e.into(),
+                },
+            );
         }
         let stats = sealer
             .await

@@ -300,7 +300,7 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "PUT",
         "/workspace/{id}/lifecycle/idle",
         "lifecycle",
-        "Sleep on idle: freeze to disk after suspend_after s without traffic, stop after stop_after s asleep; a request through the gateway or a public URL wakes it",
+        "Sleep on idle: freeze to disk after suspend_after s without traffic; a request through the gateway wakes it",
         200,
     ),
     (
@@ -483,6 +483,13 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "/workspace/{id}/domain/ssl/renew",
         "edge",
         "Renew the custom domain's certificate now (ACME: in the background, status pending)",
+        200,
+    ),
+    (
+        "POST",
+        "/domain/verify",
+        "edge",
+        "Pre-flight DNS check of a custom domain (resource_id: the workspace); no changes",
         200,
     ),
     (

@@ -613,6 +613,60 @@ async fn custom_domain_gets_an_acme_certificate_renews_and_checks_dns() {
         "{b}"
     );
 
+    // The standalone pre-flight check (client.domain.verify): with the workspace the
+    // CNAME counts; without, only the preview domain would (the address still does).
+    let (s, b) = api
+        .call(
+            "POST",
+            "/domain/verify",
+            Some(json!({"domain": "www.shop.test", "resource_id": ws})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (&b["verified"], &b["cname"]),
+        (&json!(true), &json!(true)),
+        "{b}"
+    );
+    let (s, b) = api
+        .call(
+            "POST",
+            "/domain/verify",
+            Some(json!({"domain": "www.shop.test"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["cname"], false, "{b}");
+    assert_eq!(b["required_records"]["cname"]["target"], PREVIEW, "{b}");
+    let (s, b) = api
+        .call(
+            "POST",
+            "/domain/verify",
+            Some(json!({"domain": "elsewhere.test", "resource_id": ws})),
+        )
+        .await;
+    assert_eq!((s, &b["verified"]), (200, &json!(false)), "{b}");
+    let (s, b) = api
+        .call(
+            "POST",
+            "/domain/verify",
+            Some(json!({"domain": "www.shop.test", "resource_id": "ws_nope"})),
+        )
+        .await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = api
+        .call(
+            "POST",
+            "/domain/verify",
+            Some(json!({"domain": "no_such domain"})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (422, Some("validation_error")),
+        "{b}"
+    );
+
     // Connect: the route works at once with the local CA, pending ACME.
     let (s, b) = api
         .call(

@@ -664,7 +664,17 @@ pub async fn domain_check(
         .await?
         .and_then(|x| u16::try_from(x.port).ok());
     let (r, targets) = dns_report(&st, e, &w, &d, port).await?;
-    Ok(Json(json!({
+    Ok(Json(dns_view(e, &d, &r, &targets)))
+}
+
+/// `CheckDNSResponse` / `VerifyDomainResponse`.
+fn dns_view(
+    e: &warren_edge::EdgeConfig,
+    d: &str,
+    r: &warren_edge::dns::DnsReport,
+    targets: &[String],
+) -> Value {
+    json!({
         "success": true,
         "domain": d,
         // Edge DNS only (as the client's enterprise grants): no TXT ownership record.
@@ -678,7 +688,40 @@ pub async fn domain_check(
             "cname": {"host": d, "target": targets.first().cloned().unwrap_or_default()},
         },
         "edge_ips": e.dns.public_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-    })))
+    })
+}
+
+/// `POST /domain/verify` `{domain, resource_id?}`: the pre-flight DNS check of
+/// `client.domain.verify`. With a workspace id the CNAME may name its preview hosts;
+/// without, the preview domain itself.
+pub async fn domain_verify(
+    State(st): State<AppState>,
+    Authed(c): Authed,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let e = edge(&st)?;
+    let b = json_body(&body)?;
+    let o = object(&b)?;
+    let raw = opt_string(o, "domain", 253)?
+        .ok_or_else(|| ApiError::invalid("domain", "give the domain (e.g. app.example.com)"))?;
+    let d = check_domain(&st, raw)?;
+    let (r, targets) = match opt_string(o, "resource_id", 128)? {
+        Some(id) => {
+            let w = find(&st, &c.id, id).await?;
+            let port = st
+                .manager
+                .store
+                .edge_domain_of(&w.id)
+                .await?
+                .and_then(|x| u16::try_from(x.port).ok());
+            dns_report(&st, e, &w, &d, port).await?
+        }
+        None => {
+            let targets = vec![e.preview_domain.clone()];
+            (warren_edge::dns::check(&e.dns, &d, &targets).await, targets)
+        }
+    };
+    Ok(Json(dns_view(e, &d, &r, &targets)))
 }
 
 pub async fn domain_renew(

@@ -175,6 +175,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/workspace/{id}/domain/check", post(edge::domain_check))
         .route("/workspace/{id}/domain/ssl/renew", post(edge::domain_renew))
+        .route("/domain/verify", post(edge::domain_verify))
         .route("/workspace/{id}/ssh", get(edge::ssh_status))
         .route("/workspace/{id}/ssh/enable", post(edge::ssh_enable))
         .route("/workspace/{id}/ssh/disable", post(edge::ssh_disable))

@@ -218,3 +218,43 @@ pub fn spawn(m: Arc<Manager>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(idle: Value, min: u64) -> Result<Value, (String, String)> {
+        let mut cfg = serde_json::Map::new();
+        cfg.insert("idle".into(), idle);
+        normalize_config(&mut cfg, min).map(|_| Value::Object(cfg))
+    }
+
+    #[test]
+    fn config_idle_is_checked_and_stored_in_seconds() {
+        assert_eq!(
+            norm(json!({"suspend_after": "15m", "stop_after": "72h"}), 120).unwrap(),
+            json!({"idle": {"suspend_after": 900, "stop_after": 259200}})
+        );
+        // Off: removed.
+        assert_eq!(norm(json!({"suspend_after": 0}), 120).unwrap(), json!({}));
+        assert_eq!(norm(Value::Null, 120).unwrap(), json!({}));
+        let field = |v: Value, min| norm(v, min).unwrap_err().0;
+        assert_eq!(field(json!("15m"), 120), "config.idle");
+        assert_eq!(field(json!({}), 120), "config.idle.suspend_after");
+        assert_eq!(
+            field(json!({"suspend_after": 60}), 120),
+            "config.idle.suspend_after"
+        );
+        assert_eq!(
+            field(json!({"suspend_after": 300, "stop_after": 600}), 120),
+            "config.idle.stop_after"
+        );
+        // The stop minimum follows the suspend minimum (an hour by default).
+        assert_eq!(stop_min_secs(120), 3600);
+        assert!(norm(json!({"suspend_after": 2, "stop_after": 30}), 1).is_ok());
+        let c = json!({"idle": {"suspend_after": 2, "stop_after": 30}});
+        assert_eq!((suspend_after(&c), stop_after(&c)), (Some(2), Some(30)));
+        let c = json!({"idle": {"suspend_after": 2, "stop_after": 0}});
+        assert_eq!(stop_after(&c), None);
+    }
+}

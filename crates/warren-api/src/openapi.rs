@@ -300,7 +300,7 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
         "PUT",
         "/workspace/{id}/lifecycle/idle",
         "lifecycle",
-        "Sleep on idle: freeze to disk after suspend_after s without traffic; a request through the gateway wakes it",
+        "Sleep on idle: freeze to disk after suspend_after s without traffic, stop after stop_after s asleep; a request through the gateway or a public URL wakes it",
         200,
     ),
     (

@@ -195,7 +195,9 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
         id: &str,
         _children: &[BootSpec],
     ) -> Result<(Vec<Booted>, serde_json::Value), BackendError> {
-        Err(BackendError::Failed(format!("this backend cannot fork {id}")))
+        Err(BackendError::Failed(format!(
+            "this backend cannot fork {id}"
+        )))
     }
     /// Remove everything of the workspace on the node, running or not; idempotent.
     async fn remove(&self, id: &str) -> Result<(), BackendError>;

@@ -432,10 +432,7 @@ impl WorkspaceBackend for NodeBackend {
             });
         }
         // A tampered or cut snapshot is refused while the workspace still runs.
-        self.node
-            .verify_snapshot(&spec.id)
-            .await
-            .map_err(map_err)?;
+        self.node.verify_snapshot(&spec.id).await.map_err(map_err)?;
         let current = self.take(&spec.id).await;
         let ws = self
             .node

@@ -103,11 +103,13 @@ pub fn policy_of(config: &Map<String, Value>) -> ApiResult<NetworkPolicy> {
             ))
         }
     };
-    if flag(nc, "public_ingress", false)? || flag(nc, "public_access", false)? {
-        return Err(ApiError::not_implemented(
-            "public ingress (published ports)",
-            "the edge proxy and SSH gateway issue",
-        ));
+    for key in ["public_ingress", "public_access"] {
+        if flag(nc, key, false)? {
+            return Err(ApiError::invalid(
+                &format!("config.{KEY}.{key}"),
+                PUBLIC_ACCESS_READ_ONLY,
+            ));
+        }
     }
     let mut ports = Vec::new();
     match nc.get("ingress_ports") {
@@ -230,6 +232,12 @@ pub fn view(w: &Workspace) -> Value {
     })
 }
 
+/// Why `public_access: true` cannot be set: it reports published ports, and ports are
+/// published one by one (each gets its own URL), so there is nothing for a flag to open.
+const PUBLIC_ACCESS_READ_ONLY: &str = "public_access is true while ports are published; \
+     publish one with POST /workspace/{id}/public-access {port} (false is accepted and \
+     changes nothing)";
+
 /// Keys of `PATCH /workspace/:id/network` copied into `network_config` as given.
 const PATCHABLE: &[&str] = &[
     "allow_internet",
@@ -250,10 +258,7 @@ pub fn patch(
     links: Option<Vec<Value>>,
 ) -> ApiResult<()> {
     if body.get("public_access") == Some(&Value::Bool(true)) {
-        return Err(ApiError::not_implemented(
-            "public access (published ports)",
-            "the edge proxy and SSH gateway issue",
-        ));
+        return Err(ApiError::invalid("public_access", PUBLIC_ACCESS_READ_ONLY));
     }
     match body.get("outbound_mode").and_then(|v| v.as_str()) {
         None | Some("managed") => {}
@@ -353,11 +358,8 @@ mod tests {
             "config.network_config.egress"
         );
         assert_eq!(
-            policy_of(json!({KEY: {"public_ingress": true}}).as_object().unwrap())
-                .unwrap_err()
-                .status
-                .as_u16(),
-            501
+            field_of(json!({KEY: {"public_ingress": true}})),
+            "config.network_config.public_ingress"
         );
     }
 
@@ -372,6 +374,10 @@ mod tests {
                 .as_u16(),
             501
         );
+        let body = json!({"public_access": true});
+        let e = patch(&mut nc, body.as_object().unwrap(), None).unwrap_err();
+        assert_eq!(e.status.as_u16(), 422);
+        assert!(nc.is_empty(), "nothing changed: {nc:?}");
         let body = json!({"egress": ["api.example.test"], "ingress_kbps": 800});
         patch(&mut nc, body.as_object().unwrap(), None).unwrap();
         assert_eq!(nc["ingress_kbps"], 800);

@@ -201,7 +201,7 @@ async fn network_endpoints_live_changes_and_restart() {
     );
     assert!(fetch(&rb, &outside).await.is_none(), "back to no internet");
     for (body, status) in [
-        (json!({"public_access": true}), 501),
+        (json!({"public_access": true}), 422),
         (
             json!({"outbound_mode": "custom", "custom_proxy": {"host": "1.2.3.4", "port": 3128}}),
             501,

@@ -28,6 +28,10 @@ use warren_state::{
     ProvisioningState, Store, Workspace,
 };
 
+/// Provisioning message of a fork's child until the fork answers; at start it marks
+/// children of a fork the server died in (see `Manager::startup`).
+pub const FORKING_FROM: &str = "Forking from ";
+
 pub struct Manager {
     pub store: Store,
     pub backend: Arc<dyn WorkspaceBackend>,
@@ -658,8 +662,34 @@ impl Manager {
     /// At server start: take over VMs that still run, remove what belongs to no
     /// workspace, and converge every workspace to what it should be.
     pub async fn startup(self: &Arc<Self>) -> ApiResult<()> {
-        let all = self.store.all_workspaces().await?;
-        let keep: HashSet<String> = all.iter().map(|w| w.id.clone()).collect();
+        let mut all = self.store.all_workspaces().await?;
+        // Children of a fork that never answered (the server died during it): the
+        // caller got no workspace, and booting them afresh would make empty ones that
+        // nobody asked for. They are deleted, with whatever the node made for them.
+        for w in &mut all {
+            if w.prov_state != ProvisioningState::Ready
+                && w.desired_state != DesiredState::Deleted
+                && w.prov_message.starts_with(FORKING_FROM)
+            {
+                tracing::info!(workspace_id = %w.id, "removing the child of an unfinished fork");
+                self.store
+                    .set_desired(&w.id, DesiredState::Deleted, false)
+                    .await?;
+                w.desired_state = DesiredState::Deleted;
+                self.log(None, &w.id, "fork", "abandoned", Some(&w.prov_message))
+                    .await;
+            }
+        }
+        // What the node keeps; an abandoned fork child's VM, lease and disk go with the
+        // node's own sweep, since nothing adopts them.
+        let keep: HashSet<String> = all
+            .iter()
+            .filter(|w| {
+                !(w.desired_state == DesiredState::Deleted
+                    && w.prov_message.starts_with(FORKING_FROM))
+            })
+            .map(|w| w.id.clone())
+            .collect();
         for w in &all {
             let lock = self.lock_of(&w.id);
             let _g = lock.lock().await;

@@ -520,8 +520,10 @@ impl WorkspaceBackend for NodeBackend {
             &|id| keep.contains(id) || running.contains(id) || !ours.contains(id),
         );
         // Fork bases whose children went while no server ran.
+        let fork_scratch_removed = self.node.remove_fork_scratch();
         let forks_removed = self.node.collect_forks();
         Ok(serde_json::json!({
+            "fork_scratch_removed": fork_scratch_removed,
             "vms_killed": r.vms_killed,
             "leases_released": r.leases_released,
             "dirs_removed": r.dirs_removed,

@@ -27,6 +27,8 @@ struct TestBackend {
     /// Creates wait (after reporting progress) while this is set.
     hold_create: AtomicBool,
     running: Mutex<HashSet<String>>,
+    /// What the last `reconcile` was told to keep.
+    kept: Mutex<Vec<String>>,
     events: Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>,
 }
 
@@ -128,7 +130,10 @@ impl WorkspaceBackend for TestBackend {
     async fn adopt(&self, _spec: &BootSpec) -> Result<Option<Booted>, BackendError> {
         Ok(None)
     }
-    async fn reconcile(&self, _keep: &HashSet<String>) -> Result<Value, BackendError> {
+    async fn reconcile(&self, keep: &HashSet<String>) -> Result<Value, BackendError> {
+        let mut keep: Vec<_> = keep.iter().cloned().collect();
+        keep.sort();
+        *self.kept.lock().unwrap() = keep;
         Ok(json!({}))
     }
     fn is_running(&self, id: &str) -> bool {
@@ -158,6 +163,15 @@ impl Api {
     async fn start(tweak: impl FnOnce(&mut ApiConfig)) -> Api {
         let store = Store::open_in_memory().await.unwrap();
         let c = store.create_client("admin", true).await.unwrap();
+        Self::start_on(store, c, tweak).await
+    }
+
+    /// Start on a store that already holds rows, as a server does after a restart.
+    async fn start_on(
+        store: Store,
+        c: warren_state::NewClientSecret,
+        tweak: impl FnOnce(&mut ApiConfig),
+    ) -> Api {
         let backend = Arc::new(TestBackend::default());
         let keys = GatewayKeys::from_secret(b"test-secret-test-secret-test-sec");
         let mut config = ApiConfig {
@@ -1047,4 +1061,67 @@ async fn fork_is_checked_and_a_failed_fork_leaves_nothing() {
         .call("POST", "/workspace/ws_missing00000/fork", None)
         .await;
     assert_error(s, &b, 404, "not_found");
+}
+
+/// The server died during a fork: its children's rows were stored, but the caller got
+/// no answer. At the next start they are deleted (and not kept by the node's sweep),
+/// not booted as empty workspaces nobody asked for; other unfinished creates go on.
+#[tokio::test]
+async fn children_of_a_fork_the_server_died_in_are_removed_at_start() {
+    use warren_state::{InsertOutcome, NewWorkspace, ProvisioningPhase, ProvisioningState};
+    let store = Store::open_in_memory().await.unwrap();
+    let c = store.create_client("admin", true).await.unwrap();
+    let new = |id: &str| NewWorkspace {
+        id: id.into(),
+        client_id: c.client.id.clone(),
+        name: id.into(),
+        slug: None,
+        image: "busybox".into(),
+        mode: "permanent".into(),
+        cpus: 1,
+        memory_mb: 256,
+        disk_size_mb: 1024,
+        config: json!({}),
+        idempotency_key: None,
+        ttl_seconds: None,
+        ttl_action: None,
+        ttl_expires_at: None,
+        remove_on_exit: false,
+        restart_policy: None,
+    };
+    for (id, message) in [
+        (
+            "ws_forkchild01",
+            format!("{}ws_parent00001", warren_api::manager::FORKING_FROM),
+        ),
+        ("ws_plaincreate", "Queued".to_string()),
+    ] {
+        let InsertOutcome::Created(mut w) = store.insert_workspace(&new(id)).await.unwrap() else {
+            panic!("{id} exists");
+        };
+        w.set_provisioning(
+            ProvisioningState::Running,
+            ProvisioningPhase::Starting,
+            &message,
+        );
+        store.save_observed(&w).await.unwrap();
+    }
+    let api = Api::start_on(store, c, |_| {}).await;
+    api.wait_for("ws_forkchild01", |w| w.is_null()).await;
+    let w = api
+        .wait_for("ws_plaincreate", |w| w["status"] == "running")
+        .await;
+    assert_eq!(w["id"], "ws_plaincreate");
+    let calls = api.backend.calls();
+    assert_eq!(*api.backend.kept.lock().unwrap(), vec!["ws_plaincreate"]);
+    assert!(
+        calls.contains(&"remove ws_forkchild01".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("create ") && c.contains("ws_forkchild01")),
+        "{calls:?}"
+    );
 }

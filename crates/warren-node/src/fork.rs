@@ -621,6 +621,33 @@ impl Node {
         })
     }
 
+    /// Remove what forks left in /dev/shm. A fork removes its own when it ends
+    /// (children keep their mappings of the memory file), so what is there when the
+    /// server starts, before any fork can run, was left by one that died: the parent's
+    /// whole memory in the clear, which must not stay. Only forks of this node's data
+    /// dir are touched (/dev/shm is host-wide). Call it before `collect_forks`, which
+    /// may remove the fork record. Returns the fork ids removed.
+    pub fn remove_fork_scratch(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(rd) = std::fs::read_dir(SHM_DIR) else {
+            return removed;
+        };
+        for e in rd.flatten() {
+            let ours = self
+                .forks_dir()
+                .join(e.file_name())
+                .join("fork.json")
+                .exists();
+            if ours && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(?removed, "removed memory a dead fork left in {SHM_DIR}");
+        }
+        removed
+    }
+
     /// Remove fork bases that no existing child uses any more (after a child was
     /// deleted). Returns the fork ids removed.
     pub fn collect_forks(&self) -> Vec<String> {

@@ -193,7 +193,7 @@ pub async fn fork(
             row.set_provisioning(
                 ProvisioningState::Running,
                 ProvisioningPhase::Starting,
-                &format!("Forking {}", parent.id),
+                &format!("{}{}", crate::manager::FORKING_FROM, parent.id),
             );
             let row = m.store.save_observed(&row).await?;
             specs.push(m.boot_spec(&row));

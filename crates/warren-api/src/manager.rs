@@ -64,7 +64,8 @@ impl BootProgress for WatchProgress {
     }
 }
 
-fn new_id() -> String {
+/// A new workspace id: `ws_` and 12 random lowercase letters or digits.
+pub(crate) fn new_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     use rand::Rng;
     let mut r = rand::thread_rng();

@@ -3,152 +3,19 @@
 //! same behaviour against real VMs is covered by warren-cli's server tests and by
 //! tests/compat.
 
-use async_trait::async_trait;
+mod support;
+
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+use support::TestBackend;
 use tokio::sync::mpsc;
-use warren_api::backend::{
-    BackendError, BackendEvent, BootPhase, BootProgress, BootSpec, Booted, ImageInfo, Limits,
-    WorkspaceBackend,
-};
+use warren_api::backend::{BackendEvent, WorkspaceBackend};
 use warren_api::{ApiConfig, AppState, Manager};
 use warren_gateway::GatewayKeys;
 use warren_state::Store;
-
-/// Records calls; boots instantly with a made-up address. It stands in for the node
-/// so these tests can count what the API asked of it.
-#[derive(Default)]
-struct TestBackend {
-    calls: Mutex<Vec<String>>,
-    fail_create: AtomicBool,
-    /// Creates wait (after reporting progress) while this is set.
-    hold_create: AtomicBool,
-    running: Mutex<HashSet<String>>,
-    /// What the last `reconcile` was told to keep.
-    kept: Mutex<Vec<String>>,
-    events: Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>,
-}
-
-impl TestBackend {
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-    fn record(&self, c: String) {
-        self.calls.lock().unwrap().push(c);
-    }
-    fn emit(&self, ev: BackendEvent) {
-        if let Some(tx) = self.events.lock().unwrap().as_ref() {
-            tx.send(ev).unwrap();
-        }
-    }
-}
-
-#[async_trait]
-impl WorkspaceBackend for TestBackend {
-    fn limits(&self) -> Limits {
-        Limits {
-            max_cpus: 4,
-            max_memory_mb: 4096,
-            max_disk_mb: 10240,
-        }
-    }
-    fn validate(&self, spec: &BootSpec) -> Result<(), BackendError> {
-        if spec.cpus > 4 {
-            return Err(BackendError::Invalid {
-                field: "cpus".into(),
-                reason: "out of range 1-4".into(),
-            });
-        }
-        if spec.memory_mb < 128 || spec.memory_mb > 4096 {
-            return Err(BackendError::Invalid {
-                field: "memory_mb".into(),
-                reason: "out of range 128-4096".into(),
-            });
-        }
-        Ok(())
-    }
-    fn images(&self) -> Vec<ImageInfo> {
-        vec![ImageInfo {
-            id: "busybox".into(),
-            image: "busybox".into(),
-            label: "busybox".into(),
-            desc: "tiny".into(),
-            category: "os".into(),
-        }]
-    }
-    async fn create(
-        &self,
-        spec: &BootSpec,
-        progress: &dyn BootProgress,
-    ) -> Result<Booted, BackendError> {
-        self.record(format!("create {}", spec.id));
-        progress.phase(BootPhase::Preparing, "Preparing image busybox");
-        while self.hold_create.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if self.fail_create.load(Ordering::SeqCst) {
-            return Err(BackendError::Failed("the image does not exist".into()));
-        }
-        self.running.lock().unwrap().insert(spec.id.clone());
-        Ok(Booted {
-            internal_ip: "10.88.0.6".into(),
-            agent_token: "tok".into(),
-            report: json!({}),
-        })
-    }
-    async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
-        self.record(format!("start {}", spec.id));
-        self.running.lock().unwrap().insert(spec.id.clone());
-        Ok(Booted {
-            internal_ip: "10.88.0.6".into(),
-            agent_token: "tok2".into(),
-            report: json!({}),
-        })
-    }
-    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), BackendError> {
-        self.record(format!("stop {id}"));
-        self.running.lock().unwrap().remove(id);
-        Ok(())
-    }
-    async fn pause(&self, id: &str) -> Result<(), BackendError> {
-        self.record(format!("pause {id}"));
-        Ok(())
-    }
-    async fn resume(&self, id: &str) -> Result<(), BackendError> {
-        self.record(format!("resume {id}"));
-        Ok(())
-    }
-    async fn remove(&self, id: &str) -> Result<(), BackendError> {
-        self.record(format!("remove {id}"));
-        self.running.lock().unwrap().remove(id);
-        Ok(())
-    }
-    async fn adopt(&self, _spec: &BootSpec) -> Result<Option<Booted>, BackendError> {
-        Ok(None)
-    }
-    async fn reconcile(&self, keep: &HashSet<String>) -> Result<Value, BackendError> {
-        let mut keep: Vec<_> = keep.iter().cloned().collect();
-        keep.sort();
-        *self.kept.lock().unwrap() = keep;
-        Ok(json!({}))
-    }
-    fn is_running(&self, id: &str) -> bool {
-        self.running.lock().unwrap().contains(id)
-    }
-    fn boot_log(&self, _id: &str) -> Option<String> {
-        Some("line one\nline two\nline three\n".into())
-    }
-    fn stats(&self, _id: &str) -> Option<Value> {
-        None
-    }
-    fn set_events(&self, tx: mpsc::UnboundedSender<BackendEvent>) {
-        *self.events.lock().unwrap() = Some(tx);
-    }
-}
 
 struct Api {
     url: String,

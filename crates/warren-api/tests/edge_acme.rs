@@ -5,106 +5,22 @@
 //! server that the DNS check also asks). openssl and curl are the clients: the served
 //! certificate must chain to pebble's root, not to the local Warren CA.
 
-use async_trait::async_trait;
+mod support;
+
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::TestBackend;
 use tokio::sync::mpsc;
-use warren_api::backend::{
-    BackendError, BackendEvent, BootProgress, BootSpec, Booted, ImageInfo, Limits, WorkspaceBackend,
-};
+use warren_api::backend::WorkspaceBackend;
 use warren_api::{ApiConfig, AppState, Manager};
 use warren_gateway::GatewayKeys;
 use warren_state::Store;
 
 const PREVIEW: &str = "warren.test";
-
-/// Boots instantly at 127.0.0.1, where a test runs the "workspace's" server.
-#[derive(Default)]
-struct TestBackend {
-    running: Mutex<HashSet<String>>,
-}
-
-#[async_trait]
-impl WorkspaceBackend for TestBackend {
-    fn limits(&self) -> Limits {
-        Limits {
-            max_cpus: 4,
-            max_memory_mb: 4096,
-            max_disk_mb: 10240,
-        }
-    }
-    fn validate(&self, _spec: &BootSpec) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn images(&self) -> Vec<ImageInfo> {
-        vec![ImageInfo {
-            id: "busybox".into(),
-            image: "busybox".into(),
-            label: "busybox".into(),
-            desc: "tiny".into(),
-            category: "os".into(),
-        }]
-    }
-    async fn create(
-        &self,
-        spec: &BootSpec,
-        _progress: &dyn BootProgress,
-    ) -> Result<Booted, BackendError> {
-        self.running.lock().unwrap().insert(spec.id.clone());
-        Ok(Booted {
-            // The edge proxies to this address: the test's own upstream servers.
-            internal_ip: "127.0.0.1".into(),
-            agent_token: "tok".into(),
-            report: json!({}),
-        })
-    }
-    async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
-        self.create(spec, &warren_api::backend::NoBootProgress)
-            .await
-    }
-    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), BackendError> {
-        self.running.lock().unwrap().remove(id);
-        Ok(())
-    }
-    async fn pause(&self, _id: &str) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn resume(&self, _id: &str) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn remove(&self, id: &str) -> Result<(), BackendError> {
-        self.running.lock().unwrap().remove(id);
-        Ok(())
-    }
-    async fn adopt(&self, _spec: &BootSpec) -> Result<Option<Booted>, BackendError> {
-        Ok(None)
-    }
-    async fn reconcile(&self, _keep: &HashSet<String>) -> Result<Value, BackendError> {
-        Ok(json!({}))
-    }
-    fn is_running(&self, id: &str) -> bool {
-        self.running.lock().unwrap().contains(id)
-    }
-    async fn set_network(
-        &self,
-        _id: &str,
-        _policy: &warren_netpolicy::NetworkPolicy,
-    ) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn boot_log(&self, _id: &str) -> Option<String> {
-        None
-    }
-    fn stats(&self, _id: &str) -> Option<Value> {
-        None
-    }
-    fn set_events(&self, _tx: mpsc::UnboundedSender<BackendEvent>) {}
-}
 
 /// A child process killed when dropped.
 struct Proc(Child, &'static str);
@@ -434,7 +350,8 @@ async fn start(
     tweak(&mut edge_cfg);
     let store = Store::open(&data.join("warren.db")).await.unwrap();
     let c = store.create_client("admin", true).await.unwrap();
-    let backend = Arc::new(TestBackend::default());
+    // The edge proxies to 127.0.0.1: the test's own upstream servers.
+    let backend = Arc::new(TestBackend::at("127.0.0.1"));
     let keys = GatewayKeys::from_secret(b"test-secret-test-secret-test-sec");
     let mut config = ApiConfig {
         default_image: "busybox".into(),

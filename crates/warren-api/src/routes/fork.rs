@@ -28,16 +28,6 @@ use warren_state::{
 /// optional dependency of this crate, so the number is repeated here).
 pub const MAX_COUNT: u64 = 20;
 
-fn child_id() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    use rand::Rng;
-    let mut r = rand::thread_rng();
-    let s: String = (0..12)
-        .map(|_| ALPHABET[r.gen_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("ws_{s}")
-}
-
 /// `count` (1..=20, default 1) and `name` (children are `<name>-<i>`; default
 /// `<parent name>-fork-<i>`).
 fn parse(body: &Value) -> ApiResult<(u64, Option<String>)> {
@@ -159,7 +149,7 @@ pub async fn fork(
         let mut specs = Vec::new();
         for i in 1..=count {
             let new = NewWorkspace {
-                id: child_id(),
+                id: crate::manager::new_id(),
                 client_id: c.id.clone(),
                 name: format!("{base}-{i}"),
                 slug: None,

@@ -1,0 +1,173 @@
+//! A workspace backend for the API's tests (no VMs): boots instantly at a set address,
+//! records what the API asked of it, and can be told to fail or hold a create.
+#![allow(dead_code)] // each test file uses part of it
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use warren_api::backend::{
+    BackendError, BackendEvent, BootPhase, BootProgress, BootSpec, Booted, ImageInfo, Limits,
+    WorkspaceBackend,
+};
+
+/// Records calls; boots instantly with a made-up address. It stands in for the node
+/// so these tests can count what the API asked of it.
+pub struct TestBackend {
+    /// The address every workspace gets: made up, or 127.0.0.1 where a test runs the
+    /// "workspace's" servers itself (the edge proxies there).
+    pub internal_ip: &'static str,
+    pub calls: Mutex<Vec<String>>,
+    pub fail_create: AtomicBool,
+    /// Creates wait (after reporting progress) while this is set.
+    pub hold_create: AtomicBool,
+    pub running: Mutex<HashSet<String>>,
+    /// What the last `reconcile` was told to keep.
+    pub kept: Mutex<Vec<String>>,
+    pub events: Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>,
+}
+
+impl Default for TestBackend {
+    fn default() -> Self {
+        Self::at("10.88.0.6")
+    }
+}
+
+impl TestBackend {
+    pub fn at(internal_ip: &'static str) -> Self {
+        TestBackend {
+            internal_ip,
+            calls: Mutex::default(),
+            fail_create: AtomicBool::default(),
+            hold_create: AtomicBool::default(),
+            running: Mutex::default(),
+            kept: Mutex::default(),
+            events: Mutex::default(),
+        }
+    }
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn record(&self, c: String) {
+        self.calls.lock().unwrap().push(c);
+    }
+    pub fn emit(&self, ev: BackendEvent) {
+        if let Some(tx) = self.events.lock().unwrap().as_ref() {
+            tx.send(ev).unwrap();
+        }
+    }
+}
+
+#[async_trait]
+impl WorkspaceBackend for TestBackend {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_cpus: 4,
+            max_memory_mb: 4096,
+            max_disk_mb: 10240,
+        }
+    }
+    fn validate(&self, spec: &BootSpec) -> Result<(), BackendError> {
+        if spec.cpus > 4 {
+            return Err(BackendError::Invalid {
+                field: "cpus".into(),
+                reason: "out of range 1-4".into(),
+            });
+        }
+        if spec.memory_mb < 128 || spec.memory_mb > 4096 {
+            return Err(BackendError::Invalid {
+                field: "memory_mb".into(),
+                reason: "out of range 128-4096".into(),
+            });
+        }
+        Ok(())
+    }
+    fn images(&self) -> Vec<ImageInfo> {
+        vec![ImageInfo {
+            id: "busybox".into(),
+            image: "busybox".into(),
+            label: "busybox".into(),
+            desc: "tiny".into(),
+            category: "os".into(),
+        }]
+    }
+    async fn create(
+        &self,
+        spec: &BootSpec,
+        progress: &dyn BootProgress,
+    ) -> Result<Booted, BackendError> {
+        self.record(format!("create {}", spec.id));
+        progress.phase(BootPhase::Preparing, "Preparing image busybox");
+        while self.hold_create.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.fail_create.load(Ordering::SeqCst) {
+            return Err(BackendError::Failed("the image does not exist".into()));
+        }
+        self.running.lock().unwrap().insert(spec.id.clone());
+        Ok(Booted {
+            internal_ip: self.internal_ip.into(),
+            agent_token: "tok".into(),
+            report: json!({}),
+        })
+    }
+    async fn start(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        self.record(format!("start {}", spec.id));
+        self.running.lock().unwrap().insert(spec.id.clone());
+        Ok(Booted {
+            internal_ip: self.internal_ip.into(),
+            agent_token: "tok2".into(),
+            report: json!({}),
+        })
+    }
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), BackendError> {
+        self.record(format!("stop {id}"));
+        self.running.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("pause {id}"));
+        Ok(())
+    }
+    async fn resume(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("resume {id}"));
+        Ok(())
+    }
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("remove {id}"));
+        self.running.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn adopt(&self, _spec: &BootSpec) -> Result<Option<Booted>, BackendError> {
+        Ok(None)
+    }
+    async fn reconcile(&self, keep: &HashSet<String>) -> Result<Value, BackendError> {
+        let mut keep: Vec<_> = keep.iter().cloned().collect();
+        keep.sort();
+        *self.kept.lock().unwrap() = keep;
+        Ok(json!({}))
+    }
+    fn is_running(&self, id: &str) -> bool {
+        self.running.lock().unwrap().contains(id)
+    }
+    async fn set_network(
+        &self,
+        _id: &str,
+        _policy: &warren_netpolicy::NetworkPolicy,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn boot_log(&self, _id: &str) -> Option<String> {
+        Some("line one\nline two\nline three\n".into())
+    }
+    fn stats(&self, _id: &str) -> Option<Value> {
+        None
+    }
+    fn set_events(&self, tx: mpsc::UnboundedSender<BackendEvent>) {
+        *self.events.lock().unwrap() = Some(tx);
+    }
+}

@@ -9,24 +9,11 @@ mod server;
 use serde_json::{json, Value};
 use server::*;
 use std::path::Path;
-use warren_protocol::runtime::{ExecMode, ExecRequest};
+use warren_protocol::runtime::ExecRequest;
 use warren_sdk::RuntimeClient;
 
 /// Servers share the host's address pool and taps: one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn sh(rt: &RuntimeClient, script: &str) -> (i32, String) {
-    let t = rt
-        .exec(&ExecRequest {
-            cmd: vec![script.into()],
-            exec_mode: Some(ExecMode::Shell),
-            timeout_seconds: Some(30),
-            ..ExecRequest::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
-    (t.exit_code.unwrap_or(-1), t.stdout.unwrap_or_default())
-}
 
 /// The agent's own token, as the node recorded it (the host reaches port 9990).
 fn agent_token(data: &Path, id: &str) -> String {

@@ -12,21 +12,6 @@ use serde_json::{json, Value};
 use server::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use warren_protocol::runtime::{ExecMode, ExecRequest};
-use warren_sdk::RuntimeClient;
-
-async fn sh(rt: &RuntimeClient, script: &str) -> (i32, String) {
-    let t = rt
-        .exec(&ExecRequest {
-            cmd: vec![script.into()],
-            exec_mode: Some(ExecMode::Shell),
-            timeout_seconds: Some(30),
-            ..ExecRequest::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
-    (t.exit_code.unwrap_or(-1), t.stdout.unwrap_or_default())
-}
 
 /// Does `file` contain `needle`? (grep: a debug build's byte loop would take
 /// minutes over a disk image.)

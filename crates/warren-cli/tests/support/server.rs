@@ -341,3 +341,18 @@ pub async fn wait_for(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Run `script` with the guest's shell through the runtime API: (exit code, stdout).
+pub async fn sh(rt: &warren_sdk::RuntimeClient, script: &str) -> (i32, String) {
+    use warren_protocol::runtime::{ExecMode, ExecRequest};
+    let t = rt
+        .exec(&ExecRequest {
+            cmd: vec![script.into()],
+            exec_mode: Some(ExecMode::Shell),
+            timeout_seconds: Some(30),
+            ..ExecRequest::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+    (t.exit_code.unwrap_or(-1), t.stdout.unwrap_or_default())
+}

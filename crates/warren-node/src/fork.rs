@@ -355,22 +355,7 @@ impl Node {
             let vm_spec = VmSpec {
                 id: id.clone(),
                 run_dir: dir.clone(),
-                disks: parent_spec
-                    .disks
-                    .iter()
-                    .map(|d| {
-                        if d.serial == DATA_DISK_SERIAL {
-                            DiskSpec {
-                                path: dir.join("data.ext4"),
-                                read_only: false,
-                                serial: d.serial.clone(),
-                                format: "qcow2".into(),
-                            }
-                        } else {
-                            d.clone()
-                        }
-                    })
-                    .collect(),
+                disks: child_disks(&parent_spec.disks, &dir),
                 net: Some(NetSpec {
                     tap: lease.record.tap.clone(),
                     mac: lease.mac.clone(),
@@ -479,22 +464,7 @@ impl Node {
             let loader_spec = VmSpec {
                 id: format!("{}-fork-loader", first.id),
                 run_dir: ldir.clone(),
-                disks: parent_spec
-                    .disks
-                    .iter()
-                    .map(|d| {
-                        if d.serial == DATA_DISK_SERIAL {
-                            DiskSpec {
-                                path: first.dir.join("data.ext4"),
-                                read_only: false,
-                                serial: d.serial.clone(),
-                                format: "qcow2".into(),
-                            }
-                        } else {
-                            d.clone()
-                        }
-                    })
-                    .collect(),
+                disks: child_disks(&parent_spec.disks, &first.dir),
                 net: Some(NetSpec {
                     tap: first.lease.record.tap.clone(),
                     mac: first.lease.mac.clone(),
@@ -676,6 +646,26 @@ impl Node {
         }
         removed
     }
+}
+
+/// A child's disks: the parent's, but for the data disk, which is the child's own
+/// qcow2 overlay (over the fork's base) in `dir`.
+fn child_disks(parent: &[DiskSpec], dir: &Path) -> Vec<DiskSpec> {
+    parent
+        .iter()
+        .map(|d| {
+            if d.serial == DATA_DISK_SERIAL {
+                DiskSpec {
+                    path: dir.join("data.ext4"),
+                    read_only: false,
+                    serial: d.serial.clone(),
+                    format: "qcow2".into(),
+                }
+            } else {
+                d.clone()
+            }
+        })
+        .collect()
 }
 
 /// Create `path` empty, mode 0600 (memory states hold secrets).

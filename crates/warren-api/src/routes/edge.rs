@@ -115,6 +115,13 @@ fn check_slug(st: &AppState, slug: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The body's `domain`, required, checked and normalized.
+fn required_domain(st: &AppState, o: &Map<String, Value>) -> ApiResult<String> {
+    let raw = opt_string(o, "domain", 253)?
+        .ok_or_else(|| ApiError::invalid("domain", "give the domain (e.g. app.example.com)"))?;
+    check_domain(st, raw)
+}
+
 fn check_domain(st: &AppState, raw: &str) -> ApiResult<String> {
     let d = normalize_domain(raw).ok_or_else(|| {
         ApiError::invalid(
@@ -550,9 +557,7 @@ pub async fn domain_connect(
     let e = edge(&st)?;
     let b = json_body(&body)?;
     let o = object(&b)?;
-    let raw = opt_string(o, "domain", 253)?
-        .ok_or_else(|| ApiError::invalid("domain", "give the domain (e.g. app.example.com)"))?;
-    let d = check_domain(&st, raw)?;
+    let d = required_domain(&st, o)?;
     let include_www = match o.get("include_www") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -653,9 +658,7 @@ pub async fn domain_check(
     let e = edge(&st)?;
     let b = json_body(&body)?;
     let o = object(&b)?;
-    let raw = opt_string(o, "domain", 253)?
-        .ok_or_else(|| ApiError::invalid("domain", "give the domain (e.g. app.example.com)"))?;
-    let d = check_domain(&st, raw)?;
+    let d = required_domain(&st, o)?;
     let w = find(&st, &c.id, &id).await?;
     let port = st
         .manager
@@ -702,9 +705,7 @@ pub async fn domain_verify(
     let e = edge(&st)?;
     let b = json_body(&body)?;
     let o = object(&b)?;
-    let raw = opt_string(o, "domain", 253)?
-        .ok_or_else(|| ApiError::invalid("domain", "give the domain (e.g. app.example.com)"))?;
-    let d = check_domain(&st, raw)?;
+    let d = required_domain(&st, o)?;
     let (r, targets) = match opt_string(o, "resource_id", 128)? {
         Some(id) => {
             let w = find(&st, &c.id, id).await?;

@@ -343,17 +343,7 @@ impl russh_sftp::server::Handler for Sftp {
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let p = self.path(&path).await;
-        let r = self
-            .agent
-            .req(reqwest::Method::GET, "/files")
-            .query(&[("path", p.as_str())])
-            .send()
-            .await;
-        let list: FileListResponse = check(r)
-            .await?
-            .json()
-            .await
-            .map_err(|e| fail(StatusCode::Failure, e.to_string()))?;
+        let list = self.list(&p).await?;
         let entries = list
             .entries
             .iter()
@@ -615,17 +605,7 @@ impl russh_sftp::server::Handler for Sftp {
         if self.stat_raw(&p).await?.kind != FileType::Directory {
             return Err(fail(StatusCode::Failure, format!("{p} is not a directory")));
         }
-        let r = self
-            .agent
-            .req(reqwest::Method::GET, "/files")
-            .query(&[("path", p.as_str())])
-            .send()
-            .await;
-        let list: FileListResponse = check(r)
-            .await?
-            .json()
-            .await
-            .map_err(|e| fail(StatusCode::Failure, e.to_string()))?;
+        let list = self.list(&p).await?;
         if !list.entries.is_empty() {
             return Err(fail(StatusCode::Failure, format!("{p} is not empty")));
         }
@@ -705,6 +685,21 @@ impl russh_sftp::server::Handler for Sftp {
 }
 
 impl Sftp {
+    /// A directory's entries, from the agent's files API.
+    async fn list(&self, p: &str) -> Result<FileListResponse, StatusReply> {
+        let r = self
+            .agent
+            .req(reqwest::Method::GET, "/files")
+            .query(&[("path", p)])
+            .send()
+            .await;
+        check(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| fail(StatusCode::Failure, e.to_string()))
+    }
+
     async fn delete(&self, p: &str) -> Result<(), StatusReply> {
         let r = self
             .agent

@@ -188,9 +188,18 @@ impl Sftp {
     }
 
     async fn stat_raw(&self, path: &str) -> Result<FileStatResponse, StatusReply> {
+        self.get_json("/files/stat", path).await
+    }
+
+    /// GET an agent files route for `path` and read its JSON answer.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        path: &str,
+    ) -> Result<T, StatusReply> {
         let r = self
             .agent
-            .req(reqwest::Method::GET, "/files/stat")
+            .req(reqwest::Method::GET, route)
             .query(&[("path", path)])
             .send()
             .await;
@@ -687,17 +696,7 @@ impl russh_sftp::server::Handler for Sftp {
 impl Sftp {
     /// A directory's entries, from the agent's files API.
     async fn list(&self, p: &str) -> Result<FileListResponse, StatusReply> {
-        let r = self
-            .agent
-            .req(reqwest::Method::GET, "/files")
-            .query(&[("path", p)])
-            .send()
-            .await;
-        check(r)
-            .await?
-            .json()
-            .await
-            .map_err(|e| fail(StatusCode::Failure, e.to_string()))
+        self.get_json("/files", p).await
     }
 
     async fn delete(&self, p: &str) -> Result<(), StatusReply> {

@@ -65,6 +65,17 @@ impl Gw {
         }
         run(c, input)
     }
+
+    /// `sftp -b BATCH id@host`: (exit code, stdout, stderr).
+    fn sftp_batch(&self, key: &Path, batch: &Path) -> Out {
+        let mut c = Command::new("sftp");
+        c.args(["-P", &self.port.to_string()])
+            .args(opts(key))
+            .arg("-b")
+            .arg(batch)
+            .arg(self.target());
+        run(c, b"")
+    }
 }
 
 struct Out {
@@ -317,13 +328,7 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
         ),
     )
     .unwrap();
-    let mut c = Command::new("sftp");
-    c.args(["-P", &port.to_string()])
-        .args(opts(&good))
-        .arg("-b")
-        .arg(&batch)
-        .arg(gw.target());
-    let r = run(c, b"");
+    let r = gw.sftp_batch(&good, &batch);
     assert_eq!(r.code, 0, "sftp: {} / {}", r.out, r.err);
     assert!(r.out.contains("f.bin"), "{}", r.out);
     assert!(r.out.contains("300000"), "ls -l shows the size: {}", r.out);
@@ -343,13 +348,7 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
     );
     assert_eq!(r.code, 0, "{}", r.err);
     std::fs::write(&batch, "ls /tmp/many\n").unwrap();
-    let mut c = Command::new("sftp");
-    c.args(["-P", &port.to_string()])
-        .args(opts(&good))
-        .arg("-b")
-        .arg(&batch)
-        .arg(gw.target());
-    let r = run(c, b"");
+    let r = gw.sftp_batch(&good, &batch);
     assert_eq!(r.code, 0, "{}", r.err);
     let names = r
         .out
@@ -359,13 +358,7 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
     assert_eq!(names, 300, "{}", r.out);
     // A failing command in batch mode fails the batch, with the agent's reason.
     std::fs::write(&batch, "get /tmp/nonexistent.bin\n").unwrap();
-    let mut c = Command::new("sftp");
-    c.args(["-P", &port.to_string()])
-        .args(opts(&good))
-        .arg("-b")
-        .arg(&batch)
-        .arg(gw.target());
-    let r = run(c, b"");
+    let r = gw.sftp_batch(&good, &batch);
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(r.err.contains("nonexistent"), "{}", r.err);
 
@@ -430,13 +423,7 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
         (255, ""),
         "SSH disabled but a login worked"
     );
-    let mut c = Command::new("sftp");
-    c.args(["-P", &port.to_string()])
-        .args(opts(&good))
-        .arg("-b")
-        .arg(&batch)
-        .arg(gw.target());
-    let r = run(c, b"");
+    let r = gw.sftp_batch(&good, &batch);
     assert_ne!(r.code, 0, "sftp with SSH disabled");
     assert!(r.err.contains("Permission denied"), "{}", r.err);
 

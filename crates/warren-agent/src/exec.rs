@@ -103,7 +103,7 @@ pub fn prepare(ws: &Workspace, req: &ExecRequest) -> ApiResult<Prepared> {
         }
         None => ws.default_cwd(),
     };
-    let mut env = ws.env.clone();
+    let mut env = ws.env();
     for (k, v) in req.env.iter().flatten() {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(ApiError::validation(format!(

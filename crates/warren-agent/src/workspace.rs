@@ -28,6 +28,9 @@ pub struct Workspace {
     pub workdir: PathBuf,
     /// `None`: processes run as the agent's own user.
     pub user: Option<Credentials>,
+    /// `HOSTNAME` follows the system's hostname (the user did not set it): a fork gets
+    /// a new hostname after its processes' base environment was made.
+    pub hostname_from_system: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -60,7 +63,24 @@ impl Workspace {
             env,
             workdir: workdir.unwrap_or_else(|| PathBuf::from("/")),
             user,
+            hostname_from_system: false,
         }
+    }
+
+    /// The base environment of a new process: `env`, with `HOSTNAME` the system's
+    /// hostname as it is now when it follows the system.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        if self.hostname_from_system {
+            if let Some(h) = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+            {
+                env.insert("HOSTNAME".into(), h);
+            }
+        }
+        env
     }
 
     /// The working directory used when a request names none: the workspace's, if it
@@ -238,5 +258,17 @@ mod tests {
         env.insert("PATH".to_string(), "/x".to_string());
         let w = Workspace::new(env, Some("/w".into()), None);
         assert_eq!(w.env["PATH"], "/x");
+        assert!(!w.env().contains_key("HOSTNAME"));
+    }
+
+    #[test]
+    fn hostname_follows_the_system_when_the_user_did_not_set_it() {
+        let mut w = Workspace::new(BTreeMap::new(), None, None);
+        w.env.insert("HOSTNAME".into(), "boot-time-name".into());
+        w.hostname_from_system = true;
+        let now = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        assert_eq!(w.env()["HOSTNAME"], now);
+        w.hostname_from_system = false;
+        assert_eq!(w.env()["HOSTNAME"], "boot-time-name");
     }
 }

@@ -121,7 +121,8 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
             &format!(
                 "cat /root/base.txt; kill -0 {counter} && echo alive; a=$(cat /tmp/ticks); \
                  sleep 0.6; b=$(cat /tmp/ticks); [ $b -gt $a ] && echo counting; \
-                 cat /proc/sys/kernel/random/boot_id; hostname; ip -4 addr show"
+                 cat /proc/sys/kernel/random/boot_id; hostname; echo \"$HOSTNAME\"; \
+                 ip -4 addr show"
             ),
         )
         .await;
@@ -130,6 +131,8 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
         assert_eq!(&l[..3], &["base", "alive", "counting"], "child {i}: {out}");
         boot_ids.push(l[3].trim().to_string());
         assert_eq!(l[4], id.replace('_', "-"), "child {i}: {out}");
+        // A new process's HOSTNAME is the child's too, not the parent's at boot.
+        assert_eq!(l[5], l[4], "child {i}: {out}");
         assert!(
             out.contains(&format!("inet {}/", ips[i]))
                 && !out.contains(&format!("inet {parent_ip}/")),

@@ -68,7 +68,7 @@ async fn run(ws: &Workspace, reaper: &Reaper, argv: &[String]) -> i32 {
     let mut c = Command::new(program);
     c.args(&argv[1..])
         .env_clear()
-        .envs(&ws.env)
+        .envs(ws.env())
         .current_dir(ws.default_cwd())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -422,11 +422,12 @@ async fn boot(
         }
     }
     let mut env = config.env.clone();
-    if !config.hostname.is_empty() {
-        env.entry("HOSTNAME".into())
-            .or_insert_with(|| config.hostname.clone());
+    let hostname_from_system = !config.hostname.is_empty() && !env.contains_key("HOSTNAME");
+    if hostname_from_system {
+        env.insert("HOSTNAME".into(), config.hostname.clone());
     }
-    let workspace = Workspace::new(env, workdir, user);
+    let mut workspace = Workspace::new(env, workdir, user);
+    workspace.hostname_from_system = hostname_from_system;
 
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.api_port));
     let listener = tokio::net::TcpListener::bind(addr)

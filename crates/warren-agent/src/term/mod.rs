@@ -234,7 +234,7 @@ impl Terminals {
             .split_first()
             .map_or(("", &[][..]), |(a, rest)| (a.as_str(), rest));
         let mut c = Command::new(program);
-        let mut env = ws.env.clone();
+        let mut env = ws.env();
         env.insert("TERM".into(), "xterm-256color".into());
         c.args(args)
             .env_clear()

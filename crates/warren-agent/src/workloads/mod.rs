@@ -452,7 +452,7 @@ fn command_for(spec: &Spec, ws: &Workspace) -> Command {
         .cmd
         .split_first()
         .map_or(("", &[][..]), |(a, rest)| (a.as_str(), rest));
-    let mut env = ws.env.clone();
+    let mut env = ws.env();
     env.extend(spec.env.clone());
     let cwd = spec
         .working_dir

@@ -18,12 +18,16 @@ use warren_gateway::GatewayKeys;
 use warren_state::Store;
 
 struct Api {
-    url: String,
-    id: String,
-    secret: String,
-    http: reqwest::Client,
+    client: support::Client,
     backend: Arc<TestBackend>,
     keys: GatewayKeys,
+}
+
+impl std::ops::Deref for Api {
+    type Target = support::Client;
+    fn deref(&self) -> &support::Client {
+        &self.client
+    }
 }
 
 impl Api {
@@ -58,28 +62,10 @@ impl Api {
         let url = format!("http://{}", l.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
         Api {
-            url,
-            id: c.client.id,
-            secret: c.secret,
-            http: reqwest::Client::new(),
+            client: support::Client::new(url, c),
             backend,
             keys,
         }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self
-            .http
-            .request(m, format!("{}{}", self.url, path))
-            .header("X-Client-ID", &self.id)
-            .header("X-Client-Secret", &self.secret);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     async fn wait_for(&self, id: &str, what: impl Fn(&Value) -> bool) -> Value {

@@ -200,29 +200,10 @@ fn start_acme(dir: &Path, tls_port: u16) -> Acme {
     }
 }
 
-struct Api {
-    url: String,
-    id: String,
-    secret: String,
-    http: reqwest::Client,
-}
+/// The tests' client, with the one helper they add.
+type Api = support::Client;
 
 impl Api {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self
-            .http
-            .request(m, format!("{}{}", self.url, path))
-            .header("X-Client-ID", &self.id)
-            .header("X-Client-Secret", &self.secret);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
     async fn workspace(&self) -> String {
         let (s, b) = self.call("POST", "/workspace", Some(json!({}))).await;
         assert!(s == 200 || s == 201 || s == 202, "{s} {b}");
@@ -373,16 +354,7 @@ async fn start(
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (
-        Api {
-            url,
-            id: c.client.id,
-            secret: c.secret,
-            http: reqwest::Client::new(),
-        },
-        edge_addr,
-        ca,
-    )
+    (Api::new(url, c), edge_addr, ca)
 }
 
 async fn pebble_root(a: &Acme) -> String {

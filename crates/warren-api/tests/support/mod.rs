@@ -171,3 +171,38 @@ impl WorkspaceBackend for TestBackend {
         *self.events.lock().unwrap() = Some(tx);
     }
 }
+
+/// The API as a client reaches it: its URL and the client's credentials.
+pub struct Client {
+    pub url: String,
+    pub id: String,
+    pub secret: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(url: String, c: warren_state::NewClientSecret) -> Client {
+        Client {
+            url,
+            id: c.client.id,
+            secret: c.secret,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `method path` with `body` as JSON: (status, JSON body or null).
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self
+            .http
+            .request(m, format!("{}{}", self.url, path))
+            .header("X-Client-ID", &self.id)
+            .header("X-Client-Secret", &self.secret);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}

@@ -432,20 +432,7 @@ async fn public_ports_domains_and_the_gateway_through_the_edge() {
 
     ssh_gateway(&s, &id, data.path()).await;
 
-    let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
-    assert_eq!(st, 202);
-    let t0 = Instant::now();
-    loop {
-        let (st, _) = s.call("GET", &format!("/workspace/{id}"), None).await;
-        if st == 404 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "workspace not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.delete_and_wait(&id, 60).await;
 }
 
 /// `ssh -i KEY -p PORT <id>@127.0.0.1 CMD`: (exit code, stdout, stderr).

@@ -427,20 +427,7 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
     assert_ne!(r.code, 0, "sftp with SSH disabled");
     assert!(r.err.contains("Permission denied"), "{}", r.err);
 
-    let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
-    assert_eq!(st, 202);
-    let t0 = Instant::now();
-    loop {
-        let (st, _) = s.call("GET", &format!("/workspace/{id}"), None).await;
-        if st == 404 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "workspace not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.delete_and_wait(&id, 60).await;
 }
 
 /// ssh on `script`'s terminal at 100x30; after 3 s (ssh has long sent its pty-req),

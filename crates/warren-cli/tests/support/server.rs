@@ -156,6 +156,25 @@ impl Server {
         }
     }
 
+    /// Delete the workspace `id` and wait until it is gone; fails after `secs` seconds.
+    pub async fn delete_and_wait(&self, id: &str, secs: u64) {
+        let (st, b) = self.call("DELETE", &format!("/workspace/{id}"), None).await;
+        assert_eq!(st, 202, "{b}");
+        let t0 = Instant::now();
+        loop {
+            let (st, _) = self.call("GET", &format!("/workspace/{id}"), None).await;
+            if st == 404 {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "{id} not deleted\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn kill9(mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();

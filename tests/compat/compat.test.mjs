@@ -556,7 +556,14 @@ test('lifecycle, metadata and logs', async () => {
   // The workspace's cmd ran at its first boot and again at the start after the stop.
   const cmd = await client.workspaces.logs.get(id, { source: 'cmd' });
   assert.ok(cmd.lines.includes('started-by-cmd hello'), JSON.stringify(cmd.lines));
-  const info = await client.workspaces.get(id);
+  // The cmd runs in the background after a start (here perhaps across the pause
+  // above): its exit code is recorded when it ends.
+  let info;
+  for (let i = 0; i < 40; i++) {
+    info = await client.workspaces.get(id);
+    if (info.last_exit_code !== null) break;
+    await sleep(250);
+  }
   assert.equal(info.last_exit_code, 0);
   const files = await client.workspaces.logs.listFiles(id);
   assert.ok(files.some((f) => f.name === 'boot.log'));

@@ -121,6 +121,20 @@ impl NodeBackend {
         let entry = lock(&self.running).remove(id)?;
         entry.watcher.abort();
         let _ = entry.watcher.await;
+        // What the watcher had not read yet is still to be reported: a cmd that ended
+        // just before this stop or freeze would otherwise lose its exit code.
+        if let Ok(mut rx) = entry.ws.events.try_lock() {
+            while let Ok(m) = rx.try_recv() {
+                if let GuestMessage::CmdExited { exit_code } = m {
+                    if let Some(tx) = lock(&self.events).as_ref() {
+                        let _ = tx.send(BackendEvent::CmdExited {
+                            id: id.to_string(),
+                            exit_code,
+                        });
+                    }
+                }
+            }
+        }
         let mut ws = entry.ws;
         // Pause/resume may hold a clone for a moment.
         for _ in 0..100 {

@@ -183,6 +183,16 @@ fn write_loop(mut port: File, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
 /// from a `serde_json::Value` instead.
 pub fn decode_host_message(text: &str) -> Result<HostMessage, serde_json::Error> {
     let value: serde_json::Value = serde_json::from_str(text)?;
+    // `Adopt` carries workloads (arbitrary JSON) too.
+    if value.get("type").and_then(|t| t.as_str()) == Some("adopt") {
+        let identity = value
+            .get("identity")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        return Ok(HostMessage::Adopt {
+            identity: Box::new(serde_json::from_value(identity)?),
+        });
+    }
     if value.get("type").and_then(|t| t.as_str()) == Some("boot") {
         let config = value
             .get("config")

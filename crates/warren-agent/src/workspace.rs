@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -22,15 +23,22 @@ pub struct Credentials {
 
 #[derive(Debug, Clone)]
 pub struct Workspace {
-    /// Base environment for every process (defaults filled in).
-    pub env: BTreeMap<String, String>,
+    /// Base environment for every process; shared by every clone, so a warm VM that
+    /// becomes a workspace (`HostMessage::Adopt`) changes it for all of them.
+    base: Arc<RwLock<BaseEnv>>,
     /// Default working directory.
     pub workdir: PathBuf,
     /// `None`: processes run as the agent's own user.
     pub user: Option<Credentials>,
+}
+
+#[derive(Debug, Default)]
+struct BaseEnv {
+    /// Defaults filled in.
+    vars: BTreeMap<String, String>,
     /// `HOSTNAME` follows the system's hostname (the user did not set it): a fork gets
     /// a new hostname after its processes' base environment was made.
-    pub hostname_from_system: bool,
+    hostname_from_system: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -47,31 +55,49 @@ impl Workspace {
     /// Build from an explicit env (image env merged with the user's), filling in PATH,
     /// HOME and TERM when absent.
     pub fn new(
-        mut env: BTreeMap<String, String>,
+        env: BTreeMap<String, String>,
         workdir: Option<PathBuf>,
         user: Option<Credentials>,
     ) -> Workspace {
+        let w = Workspace {
+            base: Arc::default(),
+            workdir: workdir.unwrap_or_else(|| PathBuf::from("/")),
+            user,
+        };
+        w.set_env(env, "");
+        w
+    }
+
+    /// Replace the base environment (PATH, HOME and TERM filled in when absent). With
+    /// a `hostname` and no `HOSTNAME` in `env`, `HOSTNAME` follows the system's
+    /// hostname from now on.
+    pub fn set_env(&self, mut env: BTreeMap<String, String>, hostname: &str) {
         env.entry("PATH".into())
             .or_insert_with(|| DEFAULT_PATH.to_string());
-        let home = user
+        let home = self
+            .user
             .as_ref()
             .and_then(|u| u.home.clone())
             .unwrap_or_else(|| "/root".to_string());
         env.entry("HOME".into()).or_insert(home);
         env.entry("TERM".into()).or_insert_with(|| "xterm".into());
-        Workspace {
-            env,
-            workdir: workdir.unwrap_or_else(|| PathBuf::from("/")),
-            user,
-            hostname_from_system: false,
+        let hostname_from_system = !hostname.is_empty() && !env.contains_key("HOSTNAME");
+        if hostname_from_system {
+            env.insert("HOSTNAME".into(), hostname.to_string());
         }
+        let mut base = self.base.write().unwrap_or_else(|p| p.into_inner());
+        *base = BaseEnv {
+            vars: env,
+            hostname_from_system,
+        };
     }
 
     /// The base environment of a new process: `env`, with `HOSTNAME` the system's
     /// hostname as it is now when it follows the system.
     pub fn env(&self) -> BTreeMap<String, String> {
-        let mut env = self.env.clone();
-        if self.hostname_from_system {
+        let base = self.base.read().unwrap_or_else(|p| p.into_inner());
+        let mut env = base.vars.clone();
+        if base.hostname_from_system {
             if let Some(h) = nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
@@ -251,24 +277,30 @@ mod tests {
     #[test]
     fn env_defaults() {
         let w = Workspace::new(BTreeMap::new(), None, None);
-        assert_eq!(w.env["PATH"], DEFAULT_PATH);
-        assert_eq!(w.env["HOME"], "/root");
+        assert_eq!(w.env()["PATH"], DEFAULT_PATH);
+        assert_eq!(w.env()["HOME"], "/root");
         assert_eq!(w.workdir, PathBuf::from("/"));
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), "/x".to_string());
         let w = Workspace::new(env, Some("/w".into()), None);
-        assert_eq!(w.env["PATH"], "/x");
+        assert_eq!(w.env()["PATH"], "/x");
         assert!(!w.env().contains_key("HOSTNAME"));
     }
 
     #[test]
     fn hostname_follows_the_system_when_the_user_did_not_set_it() {
-        let mut w = Workspace::new(BTreeMap::new(), None, None);
-        w.env.insert("HOSTNAME".into(), "boot-time-name".into());
-        w.hostname_from_system = true;
+        let w = Workspace::new(BTreeMap::new(), None, None);
+        w.set_env(BTreeMap::new(), "boot-time-name");
         let now = nix::unistd::gethostname().unwrap().into_string().unwrap();
         assert_eq!(w.env()["HOSTNAME"], now);
-        w.hostname_from_system = false;
-        assert_eq!(w.env()["HOSTNAME"], "boot-time-name");
+        let mut env = BTreeMap::new();
+        env.insert("HOSTNAME".to_string(), "users-own".to_string());
+        env.insert("A".to_string(), "1".to_string());
+        // A clone (the API's, a workload's) sees the replacement.
+        let clone = w.clone();
+        w.set_env(env, "boot-time-name");
+        assert_eq!(clone.env()["HOSTNAME"], "users-own");
+        assert_eq!(clone.env()["A"], "1");
+        assert_eq!(clone.env()["PATH"], DEFAULT_PATH);
     }
 }

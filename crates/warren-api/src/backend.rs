@@ -106,6 +106,17 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     fn limits(&self) -> Limits;
     /// Check a spec before anything is allocated.
     fn validate(&self, spec: &BootSpec) -> Result<(), BackendError>;
+    /// Reserve a workspace booted ahead of demand that fits `spec` (its `id` aside):
+    /// the returned id is the one to create it with. `None`: there is none.
+    fn reserve_warm(&self, _spec: &BootSpec) -> Option<String> {
+        None
+    }
+    /// Give back a reservation that will not be used.
+    fn release_warm(&self, _id: &str) {}
+    /// How many workspaces booted ahead of demand are waiting.
+    fn warm_idle(&self) -> u64 {
+        0
+    }
     fn images(&self) -> Vec<ImageInfo>;
     /// Boot a new workspace (removing leftovers of an earlier attempt with the same id).
     async fn create(

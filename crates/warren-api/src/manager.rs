@@ -151,13 +151,12 @@ impl Manager {
                 return Ok((w, false));
             }
         }
-        let id = new_id();
         let image = req
             .image
             .clone()
             .unwrap_or_else(|| self.config.default_image.clone());
-        let spec = BootSpec {
-            id: id.clone(),
+        let mut spec = BootSpec {
+            id: String::new(),
             image: image.clone(),
             cpus: req.cpus,
             memory_mb: req.memory_mb,
@@ -170,8 +169,14 @@ impl Manager {
             workloads: model::workloads_of(req.config.as_object().unwrap_or(&Default::default()))?,
             persistent: true,
         };
+        spec.id = new_id();
         self.backend.validate(&spec)?;
         self.check_capacity(client_id, &spec).await?;
+        // A workspace booted ahead of demand, when one fits: the row takes its id.
+        let id = match self.backend.reserve_warm(&spec) {
+            Some(warm) => warm,
+            None => spec.id.clone(),
+        };
         let name = req.name.clone().unwrap_or_else(|| id.clone());
         let new = NewWorkspace {
             id: id.clone(),
@@ -192,7 +197,11 @@ impl Manager {
             remove_on_exit: req.lifecycle.remove_on_exit,
             restart_policy: req.lifecycle.restart_policy.clone(),
         };
-        match self.store.insert_workspace(&new).await? {
+        let inserted = self.store.insert_workspace(&new).await;
+        if !matches!(inserted, Ok(InsertOutcome::Created(_))) {
+            self.backend.release_warm(&id);
+        }
+        match inserted? {
             InsertOutcome::Existing(w) => Ok((w, false)),
             InsertOutcome::Created(w) => {
                 self.log(Some(client_id), &w.id, "create", "accepted", None)

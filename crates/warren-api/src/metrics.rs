@@ -54,6 +54,7 @@ pub struct Metrics {
     workspaces: Family<StateLabels, Gauge>,
     boot_seconds: Family<BootLabels, Histogram>,
     request_seconds: Family<RequestLabels, Histogram>,
+    warm_idle: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,11 +103,18 @@ impl Metrics {
             "Control-plane API request latency until the response head",
             request_seconds.clone(),
         );
+        let warm_idle = Gauge::default();
+        registry.register(
+            "warm_pool_idle",
+            "Workspaces booted ahead of demand, waiting to be created",
+            warm_idle.clone(),
+        );
         Metrics {
             registry,
             workspaces,
             boot_seconds,
             request_seconds,
+            warm_idle,
         }
     }
 
@@ -142,6 +150,10 @@ impl Metrics {
         }
     }
 
+    pub fn set_warm_idle(&self, n: u64) {
+        self.warm_idle.set(n as i64);
+    }
+
     /// The OpenMetrics text.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -175,6 +187,9 @@ pub async fn handler(State(st): State<AppState>) -> Response {
             .set_workspace_states(all.iter().map(|w| w.observed_state.as_str())),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count workspaces"),
     }
+    st.manager
+        .metrics
+        .set_warm_idle(st.manager.backend.warm_idle());
     match st.manager.metrics.encode() {
         Ok(body) => (
             [(
@@ -198,7 +213,9 @@ mod tests {
         m.set_workspace_states(["running", "running", "stopped"].into_iter());
         m.observe_boot(true, true, Duration::from_millis(1200));
         m.observe_request("GET", "/workspace/{id}", 200, Duration::from_millis(3));
+        m.set_warm_idle(2);
         let text = m.encode().unwrap();
+        assert!(text.contains("warren_warm_pool_idle 2"), "{text}");
         assert!(
             text.contains("warren_workspaces{state=\"running\"} 2"),
             "{text}"

@@ -30,6 +30,8 @@ pub struct NodeBackend {
     node: Arc<Node>,
     running: Running,
     events: Events,
+    /// Wakes the warm pool's filler (see [`NodeBackend::start_warm_pool`]).
+    refill: Arc<tokio::sync::Notify>,
 }
 
 fn map_err(e: NodeError) -> BackendError {
@@ -89,7 +91,36 @@ impl NodeBackend {
             node: Arc::new(node),
             running: Default::default(),
             events: Default::default(),
+            refill: Default::default(),
         }
+    }
+
+    /// Keep the node's warm pool (`NodeConfig::warm_pool`) filled: now, after every
+    /// create that took from it, and every minute (a fill that failed is retried).
+    pub fn start_warm_pool(&self) {
+        if self.node.config.warm_pool.is_empty() {
+            return;
+        }
+        let node = self.node.clone();
+        let refill = self.refill.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    match node.fill_warm().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(booted = n, "warm pool filled"),
+                        Err(e) => tracing::warn!(error = %e, "cannot fill the warm pool"),
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(60), refill.notified()).await;
+                }
+            }
+            .instrument(tracing::info_span!("warm_pool")),
+        );
+    }
+
+    /// Destroy the warm pool's VMs (the server is stopping: nobody owns them).
+    pub async fn drain_warm_pool(&self) {
+        self.node.drain_warm().await;
     }
 
     pub fn node(&self) -> &Node {
@@ -257,6 +288,20 @@ impl WorkspaceBackend for NodeBackend {
         }
     }
 
+    fn reserve_warm(&self, spec: &BootSpec) -> Option<String> {
+        let mut s = node_spec(spec);
+        s.id = None;
+        self.node.reserve_warm(&s)
+    }
+
+    fn release_warm(&self, id: &str) {
+        self.node.release_warm(id);
+    }
+
+    fn warm_idle(&self) -> u64 {
+        self.node.warm_status().idle as u64
+    }
+
     fn validate(&self, spec: &BootSpec) -> Result<(), BackendError> {
         self.node.validate(&node_spec(spec)).map_err(map_err)
     }
@@ -281,11 +326,17 @@ impl WorkspaceBackend for NodeBackend {
         spec: &BootSpec,
         progress: &dyn BootProgress,
     ) -> Result<Booted, BackendError> {
-        // Leftovers of an interrupted attempt with this id go first.
-        if let Some(ws) = self.take(&spec.id).await {
-            let _ = self.node.destroy(ws, Duration::ZERO).await;
+        let warm = self.node.is_reserved_warm(&spec.id);
+        if warm {
+            // It is used now: boot the next one.
+            self.refill.notify_one();
+        } else {
+            // Leftovers of an interrupted attempt with this id go first.
+            if let Some(ws) = self.take(&spec.id).await {
+                let _ = self.node.destroy(ws, Duration::ZERO).await;
+            }
+            self.node.remove(&spec.id).map_err(map_err)?;
         }
-        self.node.remove(&spec.id).map_err(map_err)?;
         // The image first (it may be pulled or built: minutes), so the workspace shows
         // what it is waiting for; the node's own resolve is then a cache hit.
         progress.phase(

@@ -37,6 +37,8 @@ pub struct ServerArgs {
     /// Most workspaces this server holds (running or stopped).
     #[arg(long, env = "WARREN_MAX_WORKSPACES", default_value_t = 256)]
     pub max_workspaces: u32,
+    #[command(flatten)]
+    pub warm: WarmPoolArgs,
     /// Where the edge's HTTPS listener (published ports, custom domains, the gateway
     /// at gateway.PREVIEW_DOMAIN) binds, e.g. 0.0.0.0:443. Without it the edge is off
     /// and public-access and domain requests answer 409 `edge_disabled`.
@@ -65,6 +67,24 @@ pub struct ServerArgs {
     /// enum stays small).
     #[command(flatten)]
     pub certs: Box<EdgeCertArgs>,
+}
+
+/// Workspaces booted ahead of demand (see `warren_node::warm`): a create of this
+/// shape takes one and only hands it its name, environment and command.
+#[derive(clap::Args, Debug)]
+pub struct WarmPoolArgs {
+    /// How many to keep booted (each holds its memory while it waits); 0: none.
+    #[arg(long, env = "WARREN_WARM_POOL", default_value_t = 1)]
+    pub warm_pool: u32,
+    /// Their image (default: the default image).
+    #[arg(long, env = "WARREN_WARM_POOL_IMAGE")]
+    pub warm_pool_image: Option<String>,
+    #[arg(long, env = "WARREN_WARM_POOL_CPUS", default_value_t = warren_api::model::DEFAULT_CPUS)]
+    pub warm_pool_cpus: u32,
+    #[arg(long, env = "WARREN_WARM_POOL_MEMORY_MB", default_value_t = warren_api::model::DEFAULT_MEMORY_MB)]
+    pub warm_pool_memory_mb: u32,
+    #[arg(long, env = "WARREN_WARM_POOL_DISK_MB", default_value_t = warren_api::model::DEFAULT_DISK_MB)]
+    pub warm_pool_disk_mb: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,7 +138,21 @@ fn write_credentials(path: &Path, id: &str, secret: &str) -> anyhow::Result<()> 
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
-    let node_config = args.node.config();
+    let mut node_config = args.node.config();
+    let w = &args.warm;
+    if w.warm_pool > 0 {
+        node_config.warm_pool = vec![warren_node::WarmSpec {
+            image: w
+                .warm_pool_image
+                .clone()
+                .unwrap_or_else(|| args.default_image.clone()),
+            cpus: w.warm_pool_cpus,
+            memory_mb: w.warm_pool_memory_mb,
+            disk_size_mb: w.warm_pool_disk_mb,
+            count: w.warm_pool,
+            die_with_owner: false,
+        }];
+    }
     let data_dir = node_config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create the data directory {}", data_dir.display()))?;
@@ -222,6 +256,8 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         .await
         .map_err(|e| anyhow::anyhow!("reconciling at start: {}", e.message))?;
     manager.spawn_background(rx);
+    // After startup's reconcile removed the warm VMs of an earlier run.
+    backend.start_warm_pool();
 
     let gateway = warren_gateway::router(GatewayState::new(keys, store.clone())?);
     let edge_task = match (edge_listener, edge_config) {
@@ -265,7 +301,9 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    // Workspaces keep running; the next start adopts them.
+    // Warm VMs belong to nobody yet: they go. Workspaces keep running; the next start
+    // adopts them.
+    backend.drain_warm_pool().await;
     eprintln!("warren: server stopped; workspaces keep running and are adopted at the next start");
     Ok(0)
 }

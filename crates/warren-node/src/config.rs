@@ -62,6 +62,9 @@ pub struct NodeConfig {
     /// bytes per second, reads and writes together; 0: unlimited.
     pub disk_iops_limit: u64,
     pub disk_bps_limit: u64,
+    /// Workspaces to keep booted ahead of demand, per shape (see `warren_node::warm`);
+    /// empty: none. Filled by `Node::fill_warm`.
+    pub warm_pool: Vec<crate::warm::WarmSpec>,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +96,7 @@ impl Default for NodeConfig {
             vmm_memory_overhead_mb: 384,
             disk_iops_limit: 0,
             disk_bps_limit: 0,
+            warm_pool: Vec::new(),
         }
     }
 }

@@ -19,9 +19,11 @@ pub mod sealed;
 pub mod snapshot;
 pub mod suspend;
 pub mod template;
+pub mod warm;
 pub mod workspace;
 
 pub use config::NodeConfig;
+pub use warm::{WarmSpec, WarmStatus};
 pub use workspace::{BootReport, Node, RunningWorkspace, WorkspaceSpec};
 
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,7 @@ pub fn reconcile(
 ) -> Reconciled {
     let mut out = Reconciled::default();
     let ws_dir = data_dir.join("workspaces");
+    let mut warm_removed = std::collections::HashSet::new();
     if let Ok(rd) = std::fs::read_dir(&ws_dir) {
         for e in rd.flatten() {
             let dir = e.path();
@@ -62,14 +63,20 @@ pub fn reconcile(
             if persistent && scope == Scope::Temporary {
                 continue;
             }
+            // A warm VM (crate::warm) lives only as long as the process that booted it,
+            // even if a caller already meant to create a workspace with its id.
+            let warm = dir.join(crate::warm::WARM_FILE).exists();
             let orphan = match &owner {
-                Some(o) => !pid_alive(o.owner_pid) && !keep(&o.workspace_id),
+                Some(o) => !pid_alive(o.owner_pid) && (warm || !keep(&o.workspace_id)),
                 // Run directories are created with their owner record inside (see
                 // workspace::create_run_dir), so one without is not from a live boot.
-                None => !keep(&name),
+                None => warm || !keep(&name),
             };
             if !orphan {
                 continue;
+            }
+            if warm {
+                warm_removed.insert(name.clone());
             }
             if let Some(pid) = owner.as_ref().and_then(|o| o.vmm_pid) {
                 if is_our_vmm(pid, &name) {
@@ -89,7 +96,9 @@ pub fn reconcile(
         if l.persistent && scope == Scope::Temporary {
             continue;
         }
-        if !pid_alive(l.owner_pid) && !keep(&l.workspace_id) {
+        if !pid_alive(l.owner_pid)
+            && (!keep(&l.workspace_id) || warm_removed.contains(&l.workspace_id))
+        {
             pool.release(&l);
             out.leases_released.push(l.workspace_id);
         }

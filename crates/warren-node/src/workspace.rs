@@ -188,6 +188,8 @@ pub struct Node {
     kms: Option<Arc<dyn warren_kms::KeyManager>>,
     /// How VMMs are confined (their cgroups and jails); `None`: not at all.
     confine: Option<warren_vmm::confine::ConfineSetup>,
+    /// Workspaces booted ahead of demand (see crate::warm).
+    pub(crate) warm: crate::warm::WarmPool,
 }
 
 impl Node {
@@ -242,6 +244,7 @@ impl Node {
             dns_upstreams,
             kms,
             confine,
+            warm: Default::default(),
         })
     }
 
@@ -376,6 +379,15 @@ impl Node {
         progress: &dyn Progress,
     ) -> Result<RunningWorkspace> {
         self.validate(spec)?;
+        // A warm VM (see crate::warm) when one was reserved under this id or, with no
+        // id given, one of this shape is idle.
+        if let Some(warm) = self.take_warm(spec) {
+            let span = tracing::info_span!("workspace", workspace_id = %warm.id);
+            match self.adopt_warm(warm, spec, progress).instrument(span).await {
+                Ok(ws) => return Ok(ws),
+                Err(e) => tracing::warn!(error = %e, "warm VM not usable; starting another way"),
+            }
+        }
         let id = spec.id.clone().unwrap_or_else(new_workspace_id);
         let span = tracing::info_span!("workspace", workspace_id = %id);
         self.boot(id, spec, progress, true).instrument(span).await
@@ -749,6 +761,9 @@ impl Node {
     /// Remove a workspace that is not running: its disk, files and address.
     /// Removing one this node does not know is not an error (deletes are retried).
     pub fn remove(&self, id: &str) -> Result<()> {
+        if self.forget_reserved(id) {
+            tracing::info!(workspace_id = %id, "removing a reserved warm VM");
+        }
         let dir = self.workspace_dir(id);
         if let Some(r) = read_record(&dir) {
             if let Some(l) = self.pool.held(id, r.lease_index) {

@@ -206,6 +206,32 @@ pub enum HostMessage {
     Fork {
         identity: Box<ForkIdentity>,
     },
+    /// The VM was booted ahead of demand into the warm pool (its own disk, key,
+    /// address and token already) and now becomes the workspace someone created: the
+    /// agent steps the clock, reseeds its RNG, takes the hostname and the base
+    /// environment, then starts the command and workloads. The host follows it with a
+    /// `Ping`; the `Pong` means "applied", `BootFailed` that it was not.
+    Adopt {
+        identity: Box<AdoptIdentity>,
+    },
+}
+
+/// What a warm VM becomes when a workspace is created from it (see
+/// [`HostMessage::Adopt`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdoptIdentity {
+    pub workspace_id: String,
+    pub hostname: String,
+    /// The base environment of every process from now on (image env merged with the
+    /// user's), replacing the one the VM was booted with.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub workloads: Vec<serde_json::Value>,
+    pub clock_unix_ns: u64,
+    pub entropy_hex: String,
 }
 
 /// Who a forked VM is to become (see [`HostMessage::Fork`]).

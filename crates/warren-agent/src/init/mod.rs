@@ -8,6 +8,7 @@
 //! Afterwards the control loop answers pings and handles power-off. A failure before
 //! `Ready` is reported as `BootFailed` and the VM stays up: PID 1 never exits.
 
+mod adopt;
 mod cmd;
 mod fork;
 
@@ -244,6 +245,9 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                 HostMessage::Fork { .. } => tx.send(&GuestMessage::BootFailed {
                     error: "fork of a VM that has not booted".into(),
                 }),
+                HostMessage::Adopt { .. } => tx.send(&GuestMessage::BootFailed {
+                    error: "adopt of a VM that has not booted".into(),
+                }),
                 HostMessage::Shutdown => shutdown::poweroff(&tx, None, "asked by the host").await,
             },
             name = signals.recv() => shutdown::poweroff(&tx, None, name).await,
@@ -261,6 +265,8 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
     // The disk key is in the kernel now; drop (and wipe) our copy.
     config.data_disk = DataDisk::Ext4;
     let mut api_token: Option<api::ApiToken> = None;
+    // What a warm VM needs to become a workspace (`HostMessage::Adopt`).
+    let mut adoptable: Option<(Arc<Workspace>, Reaper, Arc<crate::workloads::Workloads>)> = None;
     match result {
         Ok((booted, reaper)) => {
             let ws = Arc::new(booted.workspace);
@@ -273,6 +279,7 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
             );
             let workloads = state.workloads.clone();
             api_token = Some(state.token.clone());
+            adoptable = Some((ws.clone(), reaper.clone(), workloads.clone()));
             tokio::spawn(async move {
                 if let Err(e) = api::serve(booted.listener, state).await {
                     tracing::error!("runtime API server stopped: {e}");
@@ -349,6 +356,25 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                         tx.send(&GuestMessage::BootFailed { error });
                     }
                 }
+                HostMessage::Adopt { identity } => match &adoptable {
+                    Some((ws, reaper, workloads)) => {
+                        let problems = tokio::task::block_in_place(|| {
+                            adopt::become_workspace(&identity, ws)
+                        });
+                        for p in problems {
+                            tracing::warn!("adopt: {p}");
+                        }
+                        if let Some(argv) = identity.cmd.clone() {
+                            cmd::start(ws.clone(), reaper.clone(), argv, tx.clone());
+                        }
+                        // A warm VM's disk is new: it has no saved workloads, so this
+                        // adds only the creator's.
+                        workloads.restore(&identity.workloads);
+                    }
+                    None => tx.send(&GuestMessage::BootFailed {
+                        error: "adopt of a VM whose boot failed".into(),
+                    }),
+                },
             },
             name = signals.recv() => shutdown::poweroff(&tx, data_fd.as_ref(), name).await,
         }
@@ -421,13 +447,8 @@ async fn boot(
             }
         }
     }
-    let mut env = config.env.clone();
-    let hostname_from_system = !config.hostname.is_empty() && !env.contains_key("HOSTNAME");
-    if hostname_from_system {
-        env.insert("HOSTNAME".into(), config.hostname.clone());
-    }
-    let mut workspace = Workspace::new(env, workdir, user);
-    workspace.hostname_from_system = hostname_from_system;
+    let workspace = Workspace::new(Default::default(), workdir, user);
+    workspace.set_env(config.env.clone(), &config.hostname);
 
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.api_port));
     let listener = tokio::net::TcpListener::bind(addr)

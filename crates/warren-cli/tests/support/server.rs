@@ -32,7 +32,7 @@ pub struct Server {
 impl Server {
     /// The command that starts a server on `data` with `extra` arguments (after the
     /// free API and gateway ports and the busybox default image). It never picks up
-    /// a master key file from the test's environment.
+    /// a master key file from the test's environment, and keeps no warm pool.
     pub fn command(data: &Path, extra: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
         c.args([
@@ -47,6 +47,9 @@ impl Server {
         .env("WARREN_DATA_DIR", data)
         .env("WARREN_CACHE_DIR", cache_dir())
         .env("WARREN_AGENT", agent())
+        // No VMs booted ahead of demand unless a test asks (`--warm-pool N`): they
+        // would compete with the test's own for the CPU.
+        .env("WARREN_WARM_POOL", "0")
         .env_remove("WARREN_MASTER_KEY_FILE")
         .env_remove("RUST_LOG");
         c

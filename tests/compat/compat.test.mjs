@@ -36,6 +36,11 @@ function startServer() {
       '--api-addr', '127.0.0.1:0',
       '--gateway-addr', '127.0.0.1:0',
       '--default-image', 'busybox',
+      // Creates of the tests' shape take a VM booted ahead of demand (the warm pool),
+      // so the client sees workspaces made that way.
+      '--warm-pool', '1',
+      '--warm-pool-memory-mb', String(small.memory_mb),
+      '--warm-pool-disk-mb', String(small.disk_size_mb),
     ], { stdio: ['ignore', 'inherit', 'pipe'] });
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 120_000);
     server.stderr.on('data', (chunk) => {

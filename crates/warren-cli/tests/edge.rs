@@ -206,14 +206,7 @@ async fn public_ports_domains_and_the_gateway_through_the_edge() {
         .as_str()
         .unwrap()
         .to_string();
-    let (st, raw) = s
-        .call(
-            "GET",
-            &format!("/workspace/{id}/runtime-api-access/token/raw"),
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{raw}");
+    let raw = s.raw_token(&id).await;
     let agent = (
         raw["url"].as_str().unwrap().to_string(),
         raw["token"].as_str().unwrap().to_string(),

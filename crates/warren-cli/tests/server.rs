@@ -129,13 +129,7 @@ async fn validation_idempotency_exec_and_delete() {
         .await
         .unwrap();
     assert_eq!(out.stdout.as_deref(), Some("through-the-gateway\n"));
-    let (_, raw) = s
-        .call(
-            "GET",
-            &format!("/workspace/{id}/runtime-api-access/token/raw"),
-            None,
-        )
-        .await;
+    let raw = s.raw_token(&id).await;
     let direct = warren_sdk::RuntimeClient::new(
         &format!("http://{}:{}", raw["ip"].as_str().unwrap(), raw["port"]),
         raw["token"].as_str().unwrap(),

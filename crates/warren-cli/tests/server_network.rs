@@ -27,14 +27,7 @@ impl Server {
     /// The agent of `id`, reached directly (the host always reaches the agent port):
     /// its URL and token.
     async fn agent(&self, id: &str) -> (String, String) {
-        let (st, b) = self
-            .call(
-                "GET",
-                &format!("/workspace/{id}/runtime-api-access/token/raw"),
-                None,
-            )
-            .await;
-        assert_eq!(st, 200, "{b}");
+        let b = self.raw_token(id).await;
         (
             b["url"].as_str().unwrap().to_string(),
             b["token"].as_str().unwrap().to_string(),

@@ -233,50 +233,12 @@ async fn workspaces_from_one_template_each_get_their_own_identity() {
     assert_eq!(before, digest(), "a clone changed the template's memory");
     let mut seen = Vec::new();
     for id in &ids {
-        let (st, w) = s.call("GET", &format!("/workspace/{id}"), None).await;
-        assert_eq!(st, 200);
-        let (st, raw) = s
-            .call(
-                "GET",
-                &format!("/workspace/{id}/runtime-api-access/token/raw"),
-                None,
-            )
-            .await;
-        assert_eq!(st, 200, "{raw}");
-        let rt = s.sdk().runtime(id).await.unwrap();
-        let (code, out) = sh(
-            &rt,
-            "cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; \
-             echo; hostname; cat /sys/class/net/e*/address; date +%s",
-        )
-        .await;
-        assert_eq!(code, 0, "{out}");
-        let l: Vec<String> = out.lines().map(str::to_string).collect();
-        assert_eq!(l.len(), 5, "{out}");
+        let me = Identity::of(&s, id).await;
         // The NIC carries the workspace's own MAC (the template's was another).
-        assert_ne!(l[3], "02:57:52:ff:ff:fe");
-        assert_eq!(l[2], id.replace('_', "-"));
-        let guest_now: i64 = l[4].parse().unwrap();
-        assert!((guest_now - host_now()).abs() <= 3, "clock {guest_now}");
-        let key = std::fs::read(data.path().join("workspaces").join(id).join("data.key")).ok();
-        seen.push((
-            w["workspace"]["internal_ip"].clone(),
-            raw["token"].clone(),
-            l[0].clone(),
-            l[1].clone(),
-            l[3].clone(),
-            key,
-        ));
+        assert_ne!(me.mac, "02:57:52:ff:ff:fe");
+        seen.push(me);
     }
-    let (a, b) = (&seen[0], &seen[1]);
-    assert_ne!(a.0, b.0, "same IP");
-    assert_ne!(a.1, b.1, "same agent token");
-    assert_ne!(a.2, b.2, "same boot_id");
-    assert_ne!(a.3, b.3, "same random bytes");
-    assert_ne!(a.4, b.4, "same MAC");
-    if a.5.is_some() || b.5.is_some() {
-        assert_ne!(a.5, b.5, "same disk key");
-    }
+    Identity::assert_distinct(&ids.iter().map(String::as_str).collect::<Vec<_>>(), &seen);
     for id in &ids {
         let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
         assert_eq!(st, 202);

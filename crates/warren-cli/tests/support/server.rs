@@ -142,6 +142,20 @@ impl Server {
         (s, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /workspace/{id}/runtime-api-access/token/raw` (the agent's own URL and
+    /// raw token); fails unless it answers 200.
+    pub async fn raw_token(&self, id: &str) -> Value {
+        let (st, b) = self
+            .call(
+                "GET",
+                &format!("/workspace/{id}/runtime-api-access/token/raw"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{b}");
+        b
+    }
+
     /// The workspace `id` once it is ready; fails after `secs` seconds.
     pub async fn ready(&self, id: &str, secs: u64) -> Value {
         let t0 = Instant::now();
@@ -377,4 +391,71 @@ pub async fn sh(rt: &warren_sdk::RuntimeClient, script: &str) -> (i32, String) {
         .await
         .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
     (t.exit_code.unwrap_or(-1), t.stdout.unwrap_or_default())
+}
+
+/// What two workspaces made from one template (or the warm pool) must not share, as
+/// the guest and the API show it.
+#[derive(Debug)]
+pub struct Identity {
+    pub ip: Value,
+    pub token: Value,
+    pub boot_id: String,
+    /// 32 bytes from the guest's /dev/urandom, hex.
+    pub random: String,
+    pub hostname: String,
+    pub mac: String,
+    /// The guest's clock, Unix seconds.
+    pub clock: i64,
+    /// The wrapped data key on the host.
+    pub key: Option<Vec<u8>>,
+}
+
+impl Identity {
+    pub async fn of(s: &Server, id: &str) -> Identity {
+        let (st, w) = s.call("GET", &format!("/workspace/{id}"), None).await;
+        assert_eq!(st, 200, "{w}");
+        let raw = s.raw_token(id).await;
+        let rt = s.sdk().runtime(id).await.unwrap();
+        let (code, out) = sh(
+            &rt,
+            "cat /proc/sys/kernel/random/boot_id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; \
+             echo; hostname; cat /sys/class/net/e*/address; date +%s",
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        let l: Vec<String> = out.lines().map(str::to_string).collect();
+        assert_eq!(l.len(), 5, "{out}");
+        Identity {
+            ip: w["workspace"]["internal_ip"].clone(),
+            token: raw["token"].clone(),
+            boot_id: l[0].clone(),
+            random: l[1].clone(),
+            hostname: l[2].clone(),
+            mac: l[3].clone(),
+            clock: l[4].parse().unwrap(),
+            key: std::fs::read(s.data.join("workspaces").join(id).join("data.key")).ok(),
+        }
+    }
+
+    /// Each its own IP, token, boot_id, entropy, MAC and disk key; hostname and clock
+    /// as they should be.
+    pub fn assert_distinct(ids: &[&str], seen: &[Identity]) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        for (id, me) in ids.iter().zip(seen) {
+            assert_eq!(me.hostname, id.replace('_', "-"));
+            assert!((me.clock - now).abs() <= 5, "{id}: clock {}", me.clock);
+        }
+        let (a, b) = (&seen[0], &seen[1]);
+        assert_ne!(a.ip, b.ip, "same IP");
+        assert_ne!(a.token, b.token, "same agent token");
+        assert_ne!(a.boot_id, b.boot_id, "same boot_id");
+        assert_ne!(a.random, b.random, "same random bytes");
+        assert_ne!(a.mac, b.mac, "same MAC");
+        if a.key.is_some() || b.key.is_some() {
+            assert_ne!(a.key, b.key, "same disk key");
+        }
+    }
 }

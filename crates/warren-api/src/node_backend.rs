@@ -96,7 +96,8 @@ impl NodeBackend {
     }
 
     /// Keep the node's warm pool (`NodeConfig::warm_pool`) filled: now, after every
-    /// create that took from it, and every minute (a fill that failed is retried).
+    /// create that took from it, and every minute. A fill that failed (an image that
+    /// cannot be built, say) is retried after 1, 2, 4... up to 30 minutes.
     pub fn start_warm_pool(&self) {
         if self.node.config.warm_pool.is_empty() {
             return;
@@ -105,13 +106,25 @@ impl NodeBackend {
         let refill = self.refill.clone();
         tokio::spawn(
             async move {
+                let mut backoff = Duration::from_secs(60);
                 loop {
-                    match node.fill_warm().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(booted = n, "warm pool filled"),
-                        Err(e) => tracing::warn!(error = %e, "cannot fill the warm pool"),
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(60), refill.notified()).await;
+                    let wait = match node.fill_warm().await {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::info!(booted = n, "warm pool filled");
+                            }
+                            backoff = Duration::from_secs(60);
+                            Duration::from_secs(60)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?backoff, "cannot fill the warm pool");
+                            let w = backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(30 * 60));
+                            w
+                        }
+                    };
+                    // A create that used a warm VM wakes us at once.
+                    let _ = tokio::time::timeout(wait, refill.notified()).await;
                 }
             }
             .instrument(tracing::info_span!("warm_pool")),

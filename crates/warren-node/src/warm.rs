@@ -96,11 +96,12 @@ pub struct WarmStatus {
 
 impl crate::Node {
     /// Boot warm VMs until every configured shape has its count idle. Returns how many
-    /// were booted. A shape that fails to boot is logged and skipped (the next fill
-    /// tries again).
+    /// were booted; a shape that fails to boot is skipped (the others are still
+    /// filled) and its error returned at the end.
     pub async fn fill_warm(&self) -> Result<usize> {
         let _one = self.warm.filling.lock().await;
         let mut booted = 0;
+        let mut failed = None;
         for shape in self.config.warm_pool.clone() {
             while self.warm.idle_of(&shape) < shape.count as usize {
                 match self.boot_warm(&shape).await {
@@ -113,12 +114,16 @@ impl crate::Node {
                     }
                     Err(e) => {
                         tracing::warn!(image = %shape.image, error = %e, "cannot boot a warm VM");
+                        failed = Some(e);
                         break;
                     }
                 }
             }
         }
-        Ok(booted)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(booted),
+        }
     }
 
     /// Reserve an idle warm VM fitting `spec` (whose `id` is ignored): its id is then

@@ -434,8 +434,10 @@ async fn ssh_gateway_shell_exec_scp_sftp_and_forwarding() {
 /// the terminal becomes 120x40 and ssh gets SIGWINCH (again each second, until it
 /// exits). The remote command prints the size, waits for it to change, prints it
 /// again and exits 6.
+/// `stty` may set columns and rows in two steps, so the remote side can see a size
+/// in between: it waits for the final one.
 const WINCH: &str = r#"stty cols 100 rows 30
-ssh -t "$@" 'stty size; i=0; while [ "$(stty size)" = "30 100" ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done; stty size; exit 6' </dev/tty &
+ssh -t "$@" 'stty size; i=0; while [ "$(stty size)" != "40 120" ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done; stty size; exit 6' </dev/tty &
 pid=$!
 sleep 3
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do

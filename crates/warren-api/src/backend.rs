@@ -149,6 +149,10 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     fn is_suspended(&self, _id: &str) -> bool {
         false
     }
+    /// Since when a workspace has been frozen to disk (kept across server restarts).
+    fn suspended_since(&self, _id: &str) -> Option<std::time::SystemTime> {
+        None
+    }
     /// Capture memory, device state and disk of a running workspace (its one
     /// snapshot, replacing an older one). It runs on afterwards unless `keep_paused`,
     /// in which case its vCPUs stay stopped (memory kept). Returns the snapshot's info.

@@ -5,8 +5,8 @@
 //! wakes it (the gateway asks for `running`, this loop thaws it, the gateway forwards),
 //! and so does a request through one of its public URLs (the edge does the same). A
 //! workspace asleep for `stop_after` seconds (0: never) is stopped: its saved memory
-//! is dropped, its files stay, and the next wake boots it. The time asleep is counted
-//! by this loop, so a server restart starts it again.
+//! is dropped, its files stay, and the next wake boots it. The time asleep counts from
+//! the freeze's record on the node, so a server restart does not start it again.
 //!
 //! The same policy is accepted at create as `config.idle` and checked the same way.
 
@@ -152,9 +152,17 @@ pub fn spawn(m: Arc<Manager>) {
                     && w.observed_state == ObservedState::Paused
                 {
                     seen.remove(&w.id);
-                    let since = *asleep.entry(w.id.clone()).or_insert_with(Instant::now);
+                    // Frozen to disk: since its suspend record was written (a server
+                    // restart does not start the count again); else since this loop
+                    // first saw it asleep.
+                    let seen_at = *asleep.entry(w.id.clone()).or_insert_with(Instant::now);
+                    let slept = m
+                        .backend
+                        .suspended_since(&w.id)
+                        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                        .unwrap_or_else(|| seen_at.elapsed());
                     if let Some(stop) = stop_after(&w.config) {
-                        if since.elapsed() >= Duration::from_secs(stop) {
+                        if slept >= Duration::from_secs(stop) {
                             asleep.remove(&w.id);
                             wakeable.insert(w.id.clone());
                             let m = m.clone();

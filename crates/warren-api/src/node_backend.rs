@@ -413,6 +413,12 @@ impl WorkspaceBackend for NodeBackend {
         !self.is_running(id) && self.node.is_suspended(id)
     }
 
+    fn suspended_since(&self, id: &str) -> Option<std::time::SystemTime> {
+        self.is_suspended(id)
+            .then(|| self.node.suspended_since(id))
+            .flatten()
+    }
+
     async fn snapshot(
         &self,
         id: &str,

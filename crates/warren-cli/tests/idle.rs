@@ -58,17 +58,15 @@ async fn wait_status(s: &Server, id: &str, want: &str, secs: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_workspace_sleeps_and_its_public_url_wakes_it() {
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start_with(
-        data.path(),
-        &[
-            "--idle-min-secs",
-            "1",
-            "--edge-addr",
-            "127.0.0.1:0",
-            "--preview-domain",
-            PREVIEW,
-        ],
-    );
+    let args = [
+        "--idle-min-secs",
+        "1",
+        "--edge-addr",
+        "127.0.0.1:0",
+        "--preview-domain",
+        PREVIEW,
+    ];
+    let s = Server::start_with(data.path(), &args);
     let count = |b: &Value| b["workspaces"].as_array().map(|a| a.len());
     let (_, before) = s.call("GET", "/workspace", None).await;
 
@@ -163,9 +161,22 @@ async fn an_idle_workspace_sleeps_and_its_public_url_wakes_it() {
     );
     assert_eq!(status(&s, &id).await["status"], "running");
 
-    // Asleep again, then for longer than stop_after: stopped (saved memory dropped).
+    // Asleep again, then for longer than stop_after: stopped (saved memory dropped),
+    // counted from the freeze even across a server restart.
     wait_status(&s, &id, "paused", 60).await;
+    let asleep = Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    s.shutdown();
+    let s = Server::start_with(data.path(), &args);
+    assert_eq!(status(&s, &id).await["status"], "paused");
     wait_status(&s, &id, "stopped", 90).await;
+    // stop_after is 30 s: a count started again at the restart would end 50 s after
+    // the freeze at the earliest.
+    assert!(
+        asleep.elapsed() < Duration::from_secs(45),
+        "stopped {:?} after the freeze: the restart reset the count",
+        asleep.elapsed()
+    );
     assert!(!vmm_running(&id));
     // A public request boots it again: a new boot, the files kept.
     let (code, body) = curl(&s, &host);

@@ -157,6 +157,16 @@ impl Node {
         dir.join(STATE_FILE).is_file() && dir.join(SUSPEND_FILE).is_file()
     }
 
+    /// Since when `id` has been frozen to disk (its suspend record's time), if it is.
+    pub fn suspended_since(&self, id: &str) -> Option<std::time::SystemTime> {
+        if !self.is_suspended(id) {
+            return None;
+        }
+        std::fs::metadata(self.workspace_dir(id).join(SUSPEND_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
     /// Drop a frozen workspace's saved memory (it will boot cold next time).
     pub fn discard_suspended(&self, id: &str) {
         let dir = self.workspace_dir(id);

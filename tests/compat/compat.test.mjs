@@ -1,61 +1,23 @@
 // The official `oblien` client (v2.4.0, unmodified) against a real `warren server`
 // that boots real microVMs. Run by scripts/test.sh (tests/compat/run.sh).
 //
-// Needs WARREN_BIN (the warren binary); WARREN_AGENT and WARREN_CACHE_DIR are passed
-// through to the server.
+// Needs WARREN_BIN (see server.mjs).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import Oblien, {
   Runtime,
   AuthenticationError,
   NotFoundError,
   ValidationError,
   ConflictError,
+  RateLimitError,
 } from 'oblien';
-
-const BIN = process.env.WARREN_BIN;
-assert.ok(BIN, 'set WARREN_BIN to the warren binary');
+import { startServer } from './server.mjs';
 
 let server;
-let dataDir;
-let apiUrl;
 let creds;
 let client;
-let stderr = '';
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    server = spawn(BIN, [
-      'server',
-      '--data-dir', dataDir,
-      '--api-addr', '127.0.0.1:0',
-      '--gateway-addr', '127.0.0.1:0',
-      '--default-image', 'busybox',
-      // Creates of the tests' shape take a VM booted ahead of demand (the warm pool),
-      // so the client sees workspaces made that way.
-      '--warm-pool', '1',
-      '--warm-pool-memory-mb', String(small.memory_mb),
-      '--warm-pool-disk-mb', String(small.disk_size_mb),
-    ], { stdio: ['ignore', 'inherit', 'pipe'] });
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 120_000);
-    server.stderr.on('data', (chunk) => {
-      stderr += chunk.toString();
-      // Whole lines only: a chunk may end in the middle of the address.
-      const m = stderr.match(/^warren: api listening on (http:\/\/\S+)\n/m);
-      if (m && !apiUrl) {
-        apiUrl = m[1];
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    server.on('exit', (code) => reject(new Error(`server exited (${code}):\n${stderr}`)));
-  });
-}
 
 const small = { image: 'busybox', memory_mb: 256, disk_size_mb: 128 };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -84,11 +46,16 @@ async function runtimeFor(id) {
 }
 
 before(async () => {
-  dataDir = mkdtempSync(join(tmpdir(), 'warren-compat-'));
-  await startServer();
-  creds = JSON.parse(readFileSync(join(dataDir, 'credentials.json'), 'utf8'));
+  server = await startServer([
+    // Creates of the tests' shape take a VM booted ahead of demand (the warm pool),
+    // so the client sees workspaces made that way.
+    '--warm-pool', '1',
+    '--warm-pool-memory-mb', String(small.memory_mb),
+    '--warm-pool-disk-mb', String(small.disk_size_mb),
+  ]);
+  creds = server.creds;
   assert.match(creds.client_id, /^wc_/);
-  client = new Oblien({ clientId: creds.client_id, clientSecret: creds.client_secret, baseUrl: apiUrl });
+  client = new Oblien({ clientId: creds.client_id, clientSecret: creds.client_secret, baseUrl: server.url });
 });
 
 after(async () => {
@@ -97,16 +64,12 @@ after(async () => {
     for (const w of workspaces) await client.workspaces.delete(w.id).catch(() => {});
     for (const w of workspaces) await waitGone(w.id, 60).catch(() => {});
   }
-  if (server && server.exitCode === null) {
-    server.kill('SIGTERM');
-    await new Promise((r) => server.once('exit', r));
-  }
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  if (server) await server.stop();
 });
 
 test('bad input gets the documented error classes and changes nothing', async () => {
   const before = (await client.workspaces.list()).total;
-  const wrong = new Oblien({ clientId: creds.client_id, clientSecret: 'wsk_wrong', baseUrl: apiUrl });
+  const wrong = new Oblien({ clientId: creds.client_id, clientSecret: 'wsk_wrong', baseUrl: server.url });
   await assert.rejects(wrong.workspaces.list(), (e) => e instanceof AuthenticationError && e.status === 401);
   await assert.rejects(client.workspaces.get('ws_doesnotexist'), (e) => e instanceof NotFoundError && e.code === 'not_found');
   await assert.rejects(
@@ -569,7 +532,7 @@ test('lifecycle, metadata and logs', async () => {
     if (info.last_exit_code !== null) break;
     await sleep(250);
   }
-  assert.equal(info.last_exit_code, 0);
+  assert.equal(info.last_exit_code, 0, `no exit code recorded; server log:\n${server.stderr().slice(-20000)}`);
   const files = await client.workspaces.logs.listFiles(id);
   assert.ok(files.some((f) => f.name === 'boot.log'));
 });
@@ -620,4 +583,28 @@ test('delete is accepted and completes in the background', async () => {
   assert.equal(d.accepted, true);
   await waitGone(id, 60);
   assert.equal((await client.workspaces.list()).total, 0);
+});
+
+test('a client over its rate limit gets RateLimitError, and the request does nothing', async () => {
+  // A server of its own, with a small allowance.
+  const limited = await startServer(['--warm-pool', '0', '--rate-limit-rps', '1', '--rate-limit-burst', '2']);
+  try {
+    const c = new Oblien({
+      clientId: limited.creds.client_id,
+      clientSecret: limited.creds.client_secret,
+      baseUrl: limited.url,
+    });
+    await c.workspaces.list();
+    await c.workspaces.list();
+    await assert.rejects(
+      c.workspaces.create(small),
+      (e) => e instanceof RateLimitError && e.status === 429 && e.code === 'rate_limited'
+        && e.details?.retry_after >= 1,
+    );
+    await sleep(2100);
+    const { workspaces } = await c.workspaces.list();
+    assert.equal(workspaces.length, 0);
+  } finally {
+    await limited.stop();
+  }
 });

@@ -42,7 +42,10 @@ impl FromRequestParts<AppState> for Authed {
             )
         })?;
         match st.manager.store.verify_client(&id, &secret).await? {
-            Some(c) => Ok(Authed(c)),
+            Some(c) => {
+                st.manager.rate_limiter.check(&c.id)?;
+                Ok(Authed(c))
+            }
             None => Err(ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
                 "invalid_credentials",

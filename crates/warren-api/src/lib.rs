@@ -23,6 +23,7 @@ pub mod network;
 #[cfg(feature = "node")]
 pub mod node_backend;
 pub mod openapi;
+pub mod ratelimit;
 pub mod routes;
 
 use std::path::PathBuf;
@@ -65,6 +66,8 @@ pub struct ApiConfig {
     /// The shortest `suspend_after` of a sleep-on-idle policy (the oblien client
     /// documents 120 s).
     pub idle_min_secs: u64,
+    /// Requests per second (and burst) each client may make (`ratelimit`).
+    pub rate_limit: ratelimit::RateLimit,
 }
 
 impl Default for ApiConfig {
@@ -85,6 +88,7 @@ impl Default for ApiConfig {
             edge: None,
             pause_to_disk: true,
             idle_min_secs: 120,
+            rate_limit: ratelimit::RateLimit::default(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Manager {
     pub keys: GatewayKeys,
     /// The server's Prometheus metrics (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Per-client request rate limits (checked with the credentials).
+    pub rate_limiter: crate::ratelimit::RateLimiter,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -94,6 +96,7 @@ impl Manager {
         Arc::new(Manager {
             store,
             backend,
+            rate_limiter: crate::ratelimit::RateLimiter::new(config.rate_limit),
             config,
             keys,
             metrics: crate::metrics::Metrics::new(),
@@ -767,6 +770,14 @@ impl Manager {
     /// Background duties: TTL expiry and events from running workspaces.
     pub fn spawn_background(self: &Arc<Self>, mut events: mpsc::UnboundedReceiver<BackendEvent>) {
         crate::idle::spawn(self.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                me.rate_limiter.shrink();
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.config.ttl_check_interval);

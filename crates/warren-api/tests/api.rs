@@ -978,3 +978,61 @@ async fn children_of_a_fork_the_server_died_in_are_removed_at_start() {
         "{calls:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_nothing_happens() {
+    let api = Api::start(|c| {
+        c.rate_limit = warren_api::ratelimit::RateLimit {
+            per_second: 1,
+            burst: 3,
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        let (st, b) = api.call("GET", "/workspace", None).await;
+        assert_eq!(st, 200, "{b}");
+    }
+    // Over the limit: a create is refused before it does anything.
+    let r = api
+        .http
+        .post(format!("{}/workspace", api.url))
+        .header("X-Client-ID", &api.id)
+        .header("X-Client-Secret", &api.secret)
+        .json(&json!({"image": "busybox"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let b: Value = r.json().await.unwrap();
+    assert_error(429, &b, 429, "rate_limited");
+    assert_eq!(b["details"]["per_second"], 1, "{b}");
+    assert!(api.backend.calls().is_empty(), "{:?}", api.backend.calls());
+    // Bad credentials are still a 401, and unauthenticated endpoints are not limited.
+    let r = api
+        .http
+        .get(format!("{}/workspace", api.url))
+        .header("X-Client-ID", &api.id)
+        .header("X-Client-Secret", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = api
+        .http
+        .get(format!("{}/health", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The bucket refills.
+    tokio::time::sleep(Duration::from_millis(1100 * retry)).await;
+    let (st, b) = api.call("GET", "/workspace", None).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["total"], 0, "{b}");
+}

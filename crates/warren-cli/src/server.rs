@@ -39,6 +39,12 @@ pub struct ServerArgs {
     pub max_workspaces: u32,
     #[command(flatten)]
     pub warm: WarmPoolArgs,
+    /// Requests per second each client may make to the API (0: no limit)...
+    #[arg(long, env = "WARREN_RATE_LIMIT_RPS", default_value_t = 50)]
+    pub rate_limit_rps: u32,
+    /// ...and how many it may make at once above that.
+    #[arg(long, env = "WARREN_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
     /// Where the edge's HTTPS listener (published ports, custom domains, the gateway
     /// at gateway.PREVIEW_DOMAIN) binds, e.g. 0.0.0.0:443. Without it the edge is off
     /// and public-access and domain requests answer 409 `edge_disabled`.
@@ -247,6 +253,10 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         ..ApiConfig::default()
     };
     config.capacity.max_workspaces = args.max_workspaces;
+    config.rate_limit = warren_api::ratelimit::RateLimit {
+        per_second: args.rate_limit_rps,
+        burst: args.rate_limit_burst,
+    };
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     backend.set_events(tx);

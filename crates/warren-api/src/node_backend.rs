@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use warren_node::{Node, NodeError, RunningWorkspace, WorkspaceSpec};
-use warren_protocol::control::GuestMessage;
+use warren_protocol::control::{GuestMessage, HostMessage};
 
 struct Entry {
     ws: Arc<RunningWorkspace>,
@@ -213,6 +213,8 @@ async fn watch(ws: Arc<RunningWorkspace>, node: Arc<Node>, running: Running, eve
             m = async { ws.events.lock().await.recv().await } => match m {
                 Some(GuestMessage::CmdExited { exit_code }) => {
                     send(BackendEvent::CmdExited { id: ws.id.clone(), exit_code });
+                    // The agent repeats it until told.
+                    let _ = ws.control.send(&HostMessage::CmdExitSeen).await;
                 }
                 Some(_) => {}
                 None => {
@@ -400,7 +402,18 @@ impl WorkspaceBackend for NodeBackend {
             .await
             .ok_or_else(|| BackendError::NotRunning(id.into()))?;
         match self.node.suspend(ws).await {
-            Ok(_) => Ok(()),
+            Ok(report) => {
+                // A command that ended as the VM froze: its exit is still reported.
+                if let Some(tx) = lock(&self.events).as_ref() {
+                    for exit_code in report.cmd_exits {
+                        let _ = tx.send(BackendEvent::CmdExited {
+                            id: id.to_string(),
+                            exit_code,
+                        });
+                    }
+                }
+                Ok(())
+            }
             Err((e, ws)) => {
                 // The VM goes on running: watch it again.
                 self.register(ws);

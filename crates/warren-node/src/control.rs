@@ -7,6 +7,7 @@
 
 use crate::{io_err, NodeError, Result};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
@@ -27,6 +28,22 @@ impl ControlChannel {
         path: &Path,
         workspace_id: &str,
         vmm_pid: Option<u32>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<GuestMessage>)> {
+        let pid = Arc::new(OnceLock::new());
+        if let Some(p) = vmm_pid {
+            let _ = pid.set(p);
+        }
+        Self::connect_early(path, workspace_id, pid).await
+    }
+
+    /// [`ControlChannel::connect`] while the VMM is still starting (its pid set into
+    /// `vmm_pid` once known): a VM restored from saved state may send what it had
+    /// queued the moment it runs, and QEMU drops what a guest sends while nobody is
+    /// connected, so the host connects before the restored guest is let run.
+    pub async fn connect_early(
+        path: &Path,
+        workspace_id: &str,
+        vmm_pid: Arc<OnceLock<u32>>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<GuestMessage>)> {
         let mut tries = 0;
         let stream = loop {
@@ -49,7 +66,7 @@ impl ControlChannel {
                 match serde_json::from_str::<GuestMessage>(&line) {
                     Ok(m) => {
                         if m == GuestMessage::Halted {
-                            end_vmm(vmm_pid, &id);
+                            end_vmm(vmm_pid.get().copied(), &id);
                         }
                         if tx.send(m).is_err() {
                             break;

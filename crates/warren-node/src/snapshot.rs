@@ -175,6 +175,7 @@ impl Node {
                 reason: format!("workspace {id} has no snapshot"),
             })?;
         if let Some(ws) = ws {
+            // The snapshot's memory replaces this run: what its command did goes too.
             self.release_frozen(ws).await?;
         }
         self.discard_suspended(&id);

@@ -65,6 +65,10 @@ pub struct SuspendReport {
     pub state_bytes: u64,
     pub save_ms: f64,
     pub total_ms: f64,
+    /// Exit codes of the workspace's command that the guest reported while it was
+    /// being frozen (sent before its vCPUs stopped, read by nobody yet).
+    #[serde(default)]
+    pub cmd_exits: Vec<i32>,
 }
 
 /// How a thaw went.
@@ -190,8 +194,9 @@ impl Node {
                 Err(e) => return Err((e, ws)),
             };
             // The state is safe: end the VMM and give its host resources back.
-            if let Err(e) = self.release_frozen(ws).await {
-                tracing::warn!(error = %e, "releasing the frozen VM");
+            match self.release_frozen(ws).await {
+                Ok(exits) => report.cmd_exits = exits,
+                Err(e) => tracing::warn!(error = %e, "releasing the frozen VM"),
             }
             report.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
             tracing::info!(?report, "workspace frozen to disk");
@@ -201,14 +206,26 @@ impl Node {
         .await
     }
 
-    pub(crate) async fn release_frozen(&self, ws: RunningWorkspace) -> Result<()> {
+    /// End a frozen VM's VMM and free its tap and rules. Returns the exit codes of
+    /// the workspace's command still queued on its control channel: the guest may have
+    /// sent one just before its vCPUs stopped, and nobody else will read it.
+    pub(crate) async fn release_frozen(&self, ws: RunningWorkspace) -> Result<Vec<i32>> {
         ws.vm.kill().await?;
         crate::net::delete_tap(&ws.lease.record.tap);
         self.pool().remove_rules(ws.lease.record.index);
         for f in ["agent.sock", "qmp.sock"] {
             let _ = std::fs::remove_file(ws.run_dir.join(f));
         }
-        write_owner(&ws.run_dir, &ws.id, None, ws.lease.record.index)
+        write_owner(&ws.run_dir, &ws.id, None, ws.lease.record.index)?;
+        // The VMM is gone, so the channel ends once what it had sent is read.
+        let mut events = ws.events.into_inner();
+        let mut exits = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
+            if let GuestMessage::CmdExited { exit_code } = m {
+                exits.push(exit_code);
+            }
+        }
+        Ok(exits)
     }
 
     async fn save_state(&self, ws: &RunningWorkspace) -> Result<SuspendReport> {
@@ -222,6 +239,7 @@ impl Node {
             state_bytes,
             save_ms,
             total_ms: 0.0,
+            cmd_exits: Vec::new(),
         })
     }
 
@@ -500,16 +518,31 @@ impl Node {
             acpi: saved.acpi,
             die_with_parent: spec.die_with_owner,
             memory_file: None,
+            // The host connects while the state loads (see below).
+            hold_for_control: true,
         };
         let t = Instant::now();
-        let vm = self
-            .load_vm_state(&id, &vm_spec, &dir.join(STATE_FILE))
-            .await?;
+        // Connected before the restored guest runs: it may send at once what it had
+        // queued when it froze (a command's exit), which QEMU drops unless someone
+        // listens.
+        let pid = std::sync::Arc::new(std::sync::OnceLock::new());
+        let state = dir.join(STATE_FILE);
+        let (vm, control) = tokio::join!(
+            self.load_vm_state(&id, &vm_spec, &state),
+            crate::control::ControlChannel::connect_early(
+                &vm_spec.control_socket,
+                &id,
+                pid.clone()
+            )
+        );
+        let vm = vm?;
+        if let Some(p) = vm.pid() {
+            let _ = pid.set(p);
+        }
         let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
         write_owner(&dir, &id, vm.pid(), lease.record.index)?;
         let mut killer = KillOnDrop(Some(&*vm));
-        let (control, mut events) =
-            crate::control::ControlChannel::connect(&vm_spec.control_socket, &id, vm.pid()).await?;
+        let (control, mut events) = control?;
         let t = Instant::now();
         control
             .send(&HostMessage::Resume {

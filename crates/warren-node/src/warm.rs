@@ -254,6 +254,7 @@ impl crate::Node {
             let mut env: std::collections::BTreeMap<String, String> =
                 image.config.env.iter().cloned().collect();
             env.extend(spec.env.iter().cloned());
+            const APPLIED: u64 = 0x_adb7;
             let mut events = ws.events.lock().await;
             ws.control
                 .send(&HostMessage::Adopt {
@@ -268,11 +269,10 @@ impl crate::Node {
                             .map(|d| d.as_nanos() as u64)
                             .unwrap_or(0),
                         entropy_hex: crate::workspace::random_hex(64),
+                        ack: APPLIED,
                     }),
                 })
                 .await?;
-            const APPLIED: u64 = 0x_adb7;
-            ws.control.send(&HostMessage::Ping { id: APPLIED }).await?;
             let timeout = Duration::from_secs(self.config.boot_timeout_secs);
             let answer = tokio::time::timeout(timeout, async {
                 while let Some(m) = events.recv().await {

@@ -711,6 +711,7 @@ impl Node {
             acpi: assets.needs_acpi,
             die_with_parent: spec.die_with_owner,
             memory_file: None,
+            hold_for_control: false,
         }
     }
 

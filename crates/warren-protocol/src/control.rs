@@ -190,6 +190,9 @@ pub enum HostMessage {
     },
     /// Sync filesystems and power off.
     Shutdown,
+    /// The host has recorded the workspace command's exit (`CmdExited`): the agent
+    /// stops repeating it.
+    CmdExitSeen,
     /// The VM was just restored from saved state (resume from disk, a snapshot): time
     /// went on outside it and its RNG state may be shared with other copies. The agent
     /// steps the clock to `clock_unix_ns` and reseeds its RNG with `entropy_hex`. The
@@ -209,8 +212,9 @@ pub enum HostMessage {
     /// The VM was booted ahead of demand into the warm pool (its own disk, key,
     /// address and token already) and now becomes the workspace someone created: the
     /// agent steps the clock, reseeds its RNG, takes the hostname and the base
-    /// environment, then starts the command and workloads. The host follows it with a
-    /// `Ping`; the `Pong` means "applied", `BootFailed` that it was not.
+    /// environment, answers `Pong { id: ack }` ("applied"; `BootFailed`: not), and
+    /// only then starts the command and workloads, so their exits always come after
+    /// the answer.
     Adopt {
         identity: Box<AdoptIdentity>,
     },
@@ -232,6 +236,9 @@ pub struct AdoptIdentity {
     pub workloads: Vec<serde_json::Value>,
     pub clock_unix_ns: u64,
     pub entropy_hex: String,
+    /// The id of the `Pong` that says the identity is applied.
+    #[serde(default)]
+    pub ack: u64,
 }
 
 /// Who a forked VM is to become (see [`HostMessage::Fork`]).

@@ -104,6 +104,11 @@ pub struct VmSpec {
     /// its RAM out (QEMU's `x-ignore-shared`): they hold device state only, and a
     /// restore must map the same file.
     pub memory_file: Option<MemoryFile>,
+    /// Restored from saved state, the vCPUs start only once the host is connected to
+    /// the control channel (waited for a few seconds at most): the guest may send at
+    /// once what it had queued when it was saved, and QEMU drops what a guest sends
+    /// while nobody is connected.
+    pub hold_for_control: bool,
 }
 
 /// How a VM ended.

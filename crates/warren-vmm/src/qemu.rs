@@ -94,8 +94,9 @@ impl QemuVmm {
             None => None,
         };
         if incoming {
-            if loads_into_shared_file(spec) {
-                // A loader (see `loads_into_shared_file`): its vCPUs never run.
+            if loads_into_shared_file(spec) || spec.hold_for_control {
+                // A loader (see `loads_into_shared_file`): its vCPUs never run; or
+                // they run once the host is listening (`load_state`).
                 args.push("-S".into());
             }
             args.push("-incoming".into());
@@ -313,6 +314,9 @@ async fn load_state(
                 if loads_into_shared_file(spec) {
                     break;
                 }
+                if spec.hold_for_control {
+                    wait_for_control(&vm.qmp, Duration::from_secs(3)).await?;
+                }
                 vm.qmp.execute("cont", None).await?;
                 break;
             }
@@ -326,6 +330,31 @@ async fn load_state(
         }
     }
     Ok(())
+}
+
+/// Wait until a client is connected to the agent's chardev (QEMU names a socket
+/// chardev without one `disconnected:...`); after `limit`, go on regardless.
+async fn wait_for_control(qmp: &Qmp, limit: Duration) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let list = qmp.execute("query-chardev", None).await?;
+        let connected = list.as_array().is_some_and(|l| {
+            l.iter().any(|c| {
+                c.get("label").and_then(|v| v.as_str()) == Some("agent")
+                    && c.get("filename")
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|f| !f.starts_with("disconnected:"))
+            })
+        });
+        if connected {
+            return Ok(());
+        }
+        if t0.elapsed() >= limit {
+            tracing::warn!("nobody connected to the control channel; running the VM anyway");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// A VM restored into a *shared* memory file is a loader: the saved state (with its
@@ -629,6 +658,7 @@ mod tests {
             acpi: true,
             die_with_parent: false,
             memory_file: None,
+            hold_for_control: false,
         }
     }
 

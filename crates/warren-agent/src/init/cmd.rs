@@ -26,10 +26,42 @@ pub fn start(ws: Arc<Workspace>, reaper: Reaper, argv: Vec<String>, control: Con
         async move {
             let code = run(&ws, &reaper, &argv).await;
             tracing::info!(exit_code = code, "workspace command exited");
-            control.send(&GuestMessage::CmdExited { exit_code: code });
+            report_exit(&control, code).await;
         }
         .instrument(span),
     );
+}
+
+/// Set when the host says it recorded the command's exit (`HostMessage::CmdExitSeen`).
+static EXIT_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static EXIT_SEEN_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The host recorded the command's exit.
+pub fn exit_seen() {
+    EXIT_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    EXIT_SEEN_NOTIFY.notify_waiters();
+}
+
+/// Send `CmdExited` until the host says it has it (every 2 s, for 10 minutes at
+/// most): a message written while the VM is being frozen, or while nobody listens on
+/// the host end, can be lost, and the exit code is the command's one result.
+pub async fn report_exit(control: &ControlTx, exit_code: i32) {
+    EXIT_SEEN.store(false, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..300 {
+        let seen = EXIT_SEEN_NOTIFY.notified();
+        tokio::pin!(seen);
+        seen.as_mut().enable();
+        if EXIT_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        control.send(&GuestMessage::CmdExited { exit_code });
+        if tokio::time::timeout(std::time::Duration::from_secs(2), seen)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
 }
 
 /// A console echo that never slows the command down: when the (serial, slow) console

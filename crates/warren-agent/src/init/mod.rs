@@ -249,6 +249,7 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                     error: "adopt of a VM that has not booted".into(),
                 }),
                 HostMessage::Shutdown => shutdown::poweroff(&tx, None, "asked by the host").await,
+                HostMessage::CmdExitSeen => {}
             },
             name = signals.recv() => shutdown::poweroff(&tx, None, name).await,
         }
@@ -313,8 +314,9 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                                 exit_code = e.exit_code,
                                 "supervised workspace command ended"
                             );
-                            cmd_tx.send(&GuestMessage::CmdExited {
-                                exit_code: e.exit_code,
+                            let cmd_tx = cmd_tx.clone();
+                            tokio::spawn(async move {
+                                cmd::report_exit(&cmd_tx, e.exit_code).await;
                             });
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -344,6 +346,7 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                     shutdown::poweroff(&tx, data_fd.as_ref(), "asked by the host").await
                 }
                 HostMessage::Boot { .. } => tracing::warn!("ignoring a second boot config"),
+                HostMessage::CmdExitSeen => cmd::exit_seen(),
                 HostMessage::Resume { clock_unix_ns, entropy_hex } => {
                     system::resumed(clock_unix_ns, &entropy_hex)
                 }
@@ -364,6 +367,9 @@ async fn async_main(mut timings: BootTimings, mut log: BootLog) -> ! {
                         for p in problems {
                             tracing::warn!("adopt: {p}");
                         }
+                        // Applied: said before anything of the workspace runs, so
+                        // the host sees its command's exit after this.
+                        tx.send(&GuestMessage::Pong { id: identity.ack });
                         if let Some(argv) = identity.cmd.clone() {
                             cmd::start(ws.clone(), reaper.clone(), argv, tx.clone());
                         }

@@ -1,0 +1,54 @@
+//! The workspace command's exit code is its one result: it is recorded even when the
+//! workspace is frozen to disk around the moment the command ends (the agent repeats
+//! `CmdExited` until the host says it has it), over repeated stop, start, freeze and
+//! thaw cycles with the freeze at different moments.
+
+mod common;
+#[path = "support/server.rs"]
+mod server;
+
+use serde_json::{json, Value};
+use server::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_exit_code_is_recorded_across_a_freeze_at_any_moment() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    let r = s
+        .sdk()
+        .create(&small(
+            json!({"wait_ready": true, "config": {"cmd": "echo started-by-cmd; exit 3"}}),
+        ))
+        .await
+        .unwrap();
+    let id = r["workspace"]["id"].as_str().unwrap().to_string();
+    for round in 0..8u64 {
+        for op in ["stop", "start"] {
+            let (st, b) = s.call("POST", &format!("/workspace/{id}/{op}"), None).await;
+            assert!(st < 300, "{op}: {b}");
+        }
+        // The freeze lands before, during or after the command's end.
+        tokio::time::sleep(Duration::from_millis(50 * round)).await;
+        for op in ["pause", "resume"] {
+            let (st, b) = s.call("POST", &format!("/workspace/{id}/{op}"), None).await;
+            assert!(st < 300, "{op}: {b}");
+        }
+        let t0 = Instant::now();
+        let code = loop {
+            let (_, w) = s.call("GET", &format!("/workspace/{id}"), None).await;
+            let code = w["workspace"]["last_exit_code"].clone();
+            if code != Value::Null || t0.elapsed() > Duration::from_secs(20) {
+                break code;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            code,
+            3,
+            "round {round}: exit code not recorded\n{}",
+            s.log()
+        );
+    }
+    s.delete_and_wait(&id, 60).await;
+}

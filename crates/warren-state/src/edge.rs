@@ -101,7 +101,7 @@ impl Store {
         label: Option<&str>,
         max: usize,
     ) -> Result<std::result::Result<EdgePort, usize>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let (count,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM edge_ports WHERE workspace_id = ?")
                 .bind(workspace_id)
@@ -202,7 +202,7 @@ impl Store {
 
     /// Connect (or replace) the workspace's custom domain.
     pub async fn set_edge_domain(&self, d: &EdgeDomain) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM edge_domains WHERE workspace_id = ?")
             .bind(&d.workspace_id)
             .execute(&mut *tx)
@@ -295,6 +295,58 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Concurrent writers on a database file (the server's case, not the
+    /// single-connection in-memory one): a read-then-write transaction must wait
+    /// for the lock, not fail with "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_wait_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).await.unwrap();
+        let c = s.create_client("t", true).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            let id = format!("ws_conc{i}");
+            s.insert_workspace(&crate::NewWorkspace {
+                id: id.clone(),
+                client_id: c.client.id.clone(),
+                name: id.clone(),
+                slug: None,
+                image: "busybox".into(),
+                mode: "permanent".into(),
+                cpus: 1,
+                memory_mb: 256,
+                disk_size_mb: 64,
+                config: serde_json::json!({}),
+                idempotency_key: None,
+                ttl_seconds: None,
+                ttl_action: None,
+                ttl_expires_at: None,
+                remove_on_exit: false,
+                restart_policy: None,
+            })
+            .await
+            .unwrap();
+            ids.push(id);
+        }
+        let mut tasks = Vec::new();
+        for id in ids {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for p in 1..=20u16 {
+                    s.insert_edge_port(&id, p, &format!("{id}-{p}"), None, 20)
+                        .await?
+                        .map_err(|n| StateError::Corrupt(format!("limit at {n}")))?;
+                    let m = std::collections::BTreeMap::from([("k".to_string(), p.to_string())]);
+                    s.set_metadata(&id, &m, p % 2 == 0).await?;
+                }
+                Ok::<_, StateError>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
 
     #[tokio::test]
     async fn ports_limit_duplicates_and_slugs() {

@@ -100,6 +100,14 @@ impl Store {
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// A transaction that writes. `BEGIN IMMEDIATE` takes the write lock at the
+    /// start, so the busy timeout applies. A deferred transaction that reads
+    /// first and writes later fails at once with `SQLITE_BUSY_SNAPSHOT` (517)
+    /// when another connection committed in between, and no timeout helps.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 /// The current time as stored: `2026-01-02T03:04:05.678Z`.

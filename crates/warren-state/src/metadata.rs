@@ -22,7 +22,7 @@ impl Store {
         values: &BTreeMap<String, String>,
         replace: bool,
     ) -> Result<BTreeMap<String, String>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         if replace {
             sqlx::query("DELETE FROM workspace_metadata WHERE workspace_id = ?")
                 .bind(workspace_id)

@@ -162,3 +162,36 @@ pub fn write_oci_layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Valu
     .expect("index");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
 }
+
+/// Decrypt the parts of the disk file that hold data (not all-zero ciphertext) and
+/// say whether `needle` is in the plaintext: the positive control of the search.
+pub fn decrypted_disk_contains(disk: &Path, key: &warren_kms::DataKey, needle: &[u8]) -> bool {
+    use std::io::Read;
+    let cipher = warren_node::disk::DiskCipher::new(key);
+    let mut f = std::fs::File::open(disk).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return false;
+        }
+        let chunk = &mut buf[..n];
+        if chunk.iter().any(|b| *b != 0) {
+            cipher.decrypt(chunk, off);
+            if chunk.windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+        }
+        off += n as u64;
+    }
+}
+
+/// Workspace `id`'s wrapped key `file` (`data.key`, `overlay.key`), unwrapped under
+/// the node's master key in `data`, bound to `context`.
+pub fn unwrapped_key(data: &Path, id: &str, file: &str, context: &str) -> warren_kms::DataKey {
+    use warren_kms::KeyManager;
+    let km = warren_kms::LocalKeyManager::open(&data.join("master.key")).unwrap();
+    let w = warren_kms::read_wrapped(&data.join("workspaces").join(id).join(file)).unwrap();
+    km.unwrap(&w, context).unwrap()
+}

@@ -6,6 +6,7 @@ mod common;
 #[path = "support/server.rs"]
 mod server;
 
+use common::{decrypted_disk_contains, unwrapped_key};
 use serde_json::{json, Value};
 use server::*;
 use std::path::Path;
@@ -191,6 +192,49 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
     let (_, out) = sh(&rts[1], "ls /root; cat /root/c.txt").await;
     assert_eq!(out, "base.txt\nc.txt\nonly2.txt\ntwo\n");
 
+    // Keys: each child's own writes are under a key of its own. Its overlay opens
+    // to nobody without that key: not as a plain qcow2, not with its sibling's
+    // key. With it (the control), what it wrote is there, under its data key.
+    let marker = format!("fork-own-key-{}", &agent_token(data.path(), &ids[0])[..12]);
+    let (code, out) = sh(
+        &rts[0],
+        &format!("for i in $(seq 64); do echo {marker}; done > /root/m.txt; sync"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let overlay_keys: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let ctx = format!("{id}/overlay");
+            unwrapped_key(data.path(), id, "overlay.key", &ctx)
+        })
+        .collect();
+    assert_ne!(
+        overlay_keys[0].as_bytes(),
+        overlay_keys[1].as_bytes(),
+        "two children share an overlay key"
+    );
+    let overlay = data
+        .path()
+        .join("workspaces")
+        .join(&ids[0])
+        .join("data.ext4");
+    let plain_view = data.path().join("child0-flat.img");
+    let sibling = warren_node::overlay::passphrase(&overlay_keys[1]);
+    for key in [None, Some(sibling.as_bytes())] {
+        let r = warren_node::overlay::flatten(&overlay, key, &plain_view);
+        assert!(r.is_err(), "the child's overlay opened without its key");
+        let _ = std::fs::remove_file(&plain_view);
+    }
+    let pass = warren_node::overlay::passphrase(&overlay_keys[0]);
+    warren_node::overlay::flatten(&overlay, Some(pass.as_bytes()), &plain_view).unwrap();
+    let data_key = unwrapped_key(data.path(), &ids[0], "data.key", &ids[0]);
+    assert!(
+        decrypted_disk_contains(&plain_view, &data_key, marker.as_bytes()),
+        "what the child wrote is not on its disk"
+    );
+    std::fs::remove_file(&plain_view).unwrap();
+
     // A fork of a fork (the child's disk is an overlay: flattened into a new base),
     // through the CLI.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -214,7 +258,7 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
     assert_eq!((code, out.as_str()), (0, "base\none\n"));
     let (_, out) = sh(&rts[0], "ls /root").await;
     assert_eq!(
-        out, "base.txt\nc.txt\n",
+        out, "base.txt\nc.txt\nm.txt\n",
         "a grandchild's write reached its parent"
     );
     s.sdk().delete(&gid).await.unwrap();
@@ -271,6 +315,21 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
         1
     );
 
+    // A child frozen to disk and thawed (its VMM restarted: the overlay key is
+    // handed over again) is whole.
+    for action in ["pause", "resume"] {
+        let (st, b) = s
+            .call("POST", &format!("/workspace/{}/{action}", ids[1]), None)
+            .await;
+        assert_eq!(st, 200, "{action}: {b}");
+    }
+    let (code, out) = sh(
+        &rts[1],
+        "cat /root/c.txt; echo after > /root/after.txt; sync",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "two\n"));
+
     // A stopped workspace cannot be forked: 409, nothing made.
     s.sdk()
         .power(&ids[1], warren_sdk::Power::Stop)
@@ -307,8 +366,8 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
         .unwrap();
     s.ready(&ids[1], 120).await;
     let rt = s.sdk().runtime(&ids[1]).await.unwrap();
-    let (code, out) = sh(&rt, "cat /root/base.txt /root/c.txt").await;
-    assert_eq!((code, out.as_str()), (0, "base\ntwo\n"));
+    let (code, out) = sh(&rt, "cat /root/base.txt /root/c.txt /root/after.txt").await;
+    assert_eq!((code, out.as_str()), (0, "base\ntwo\nafter\n"));
     s.sdk().delete(&ids[1]).await.unwrap();
     wait_for(&s, &ids[1], 60, |w| w.is_none()).await;
     assert_eq!(

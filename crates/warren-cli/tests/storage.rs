@@ -85,29 +85,6 @@ fn files_containing(dir: &Path, needles: &[&[u8]]) -> Vec<String> {
     hits
 }
 
-/// Decrypt the parts of the disk file that hold data (not all-zero ciphertext) and
-/// say whether `needle` is in the plaintext: the positive control of the search.
-fn decrypted_disk_contains(disk: &Path, key: &warren_kms::DataKey, needle: &[u8]) -> bool {
-    let cipher = warren_node::disk::DiskCipher::new(key);
-    let mut f = std::fs::File::open(disk).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            return false;
-        }
-        let chunk = &mut buf[..n];
-        if chunk.iter().any(|b| *b != 0) {
-            cipher.decrypt(chunk, off);
-            if chunk.windows(needle.len()).any(|w| w == needle) {
-                return true;
-            }
-        }
-        off += n as u64;
-    }
-}
-
 /// `(path -> (size, mtime, sha256))` of the workspaces' files: to show nothing changed.
 fn snapshot(dir: &Path) -> BTreeMap<String, (u64, i64, String)> {
     use std::os::unix::fs::MetadataExt;

@@ -101,6 +101,8 @@ struct Prepared<'a> {
     lease: crate::net::Lease,
     net: crate::workspace::WorkspaceNet,
     token: String,
+    /// The passphrase of its overlay (`None` with disk encryption off).
+    overlay_key: Option<Secret>,
     cleanup: Cleanup<'a>,
 }
 
@@ -243,8 +245,10 @@ impl Node {
             };
             create_run_dir(&dir, &id)?;
             cleanup.run_dir = Some(dir.clone());
-            // Its own KMS record of the parent's key (see the module docs).
+            // Its own KMS record of the parent's key, and a key of its own for what
+            // it writes (see the module docs).
             self.share_key(&parent.id, &id)?;
+            let overlay_key = self.new_overlay_key(&id)?;
             let lease = self.pool().reserve(&id, None, spec.persistent)?;
             cleanup.lease = Some(lease.record.clone());
             self.pool().create_tap(&lease)?;
@@ -278,6 +282,7 @@ impl Node {
                 lease,
                 net,
                 token,
+                overlay_key,
                 cleanup,
             });
         }
@@ -317,7 +322,7 @@ impl Node {
             &parent.image,
             &self.guest_assets().await?.clone(),
             &parent.lease,
-        );
+        )?;
         let t_pause = Instant::now();
         parent.vm.pause().await?;
         let frozen = self
@@ -349,13 +354,14 @@ impl Node {
                 lease,
                 net,
                 token,
+                overlay_key,
                 cleanup,
             } = p;
             cleanups.push(cleanup);
             let vm_spec = VmSpec {
                 id: id.clone(),
                 run_dir: dir.clone(),
-                disks: child_disks(&parent_spec.disks, &dir),
+                disks: child_disks(&parent_spec.disks, &dir, overlay_key),
                 net: Some(NetSpec {
                     tap: lease.record.tap.clone(),
                     mac: lease.mac.clone(),
@@ -415,15 +421,10 @@ impl Node {
         let pdisk = parent.run_dir.join("data.ext4");
         if data_disk_format(&parent.run_dir) == "qcow2" {
             // A fork of a fork: flatten, so a base never depends on another fork's.
-            run(
-                std::process::Command::new("qemu-img")
-                    // -U: the parent's VMM holds the image's write lock; its vCPUs are
-                    // stopped and its disk flushed, so reading it now is consistent.
-                    .args(["convert", "-U", "-f", "qcow2", "-O", "raw", "-S", "4k"])
-                    .arg(&pdisk)
-                    .arg(&base),
-                "qemu-img convert",
-            )?;
+            // The parent's VMM holds the image's write lock; its vCPUs are stopped
+            // and its disk flushed, so reading it now is consistent.
+            let key = self.overlay_key(&parent.id)?;
+            crate::overlay::flatten(&pdisk, key.as_ref().map(|k| k.expose().as_bytes()), &base)?;
         } else {
             run(
                 std::process::Command::new("cp")
@@ -435,15 +436,23 @@ impl Node {
         }
         let _ =
             std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o400));
+        let size = std::fs::metadata(&base)
+            .map_err(io_err(format!("stat {}", base.display())))?
+            .len();
         for p in prepared {
             let overlay = p.dir.join("data.ext4");
-            run(
-                std::process::Command::new("qemu-img")
-                    .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                    .arg(&base)
-                    .arg(&overlay),
-                "qemu-img create",
-            )?;
+            match &p.overlay_key {
+                Some(key) => {
+                    crate::overlay::create(&overlay, &base, "raw", size, key.expose().as_bytes())?
+                }
+                None => run(
+                    std::process::Command::new("qemu-img")
+                        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                        .arg(&base)
+                        .arg(&overlay),
+                    "qemu-img create",
+                )?,
+            }
             std::fs::write(p.dir.join(DISK_FORMAT_FILE), "qcow2\n")
                 .map_err(io_err("write data.format"))?;
         }
@@ -464,7 +473,7 @@ impl Node {
             let loader_spec = VmSpec {
                 id: format!("{}-fork-loader", first.id),
                 run_dir: ldir.clone(),
-                disks: child_disks(&parent_spec.disks, &first.dir),
+                disks: child_disks(&parent_spec.disks, &first.dir, first.overlay_key.clone()),
                 net: Some(NetSpec {
                     tap: first.lease.record.tap.clone(),
                     mac: first.lease.mac.clone(),
@@ -649,8 +658,8 @@ impl Node {
 }
 
 /// A child's disks: the parent's, but for the data disk, which is the child's own
-/// qcow2 overlay (over the fork's base) in `dir`.
-fn child_disks(parent: &[DiskSpec], dir: &Path) -> Vec<DiskSpec> {
+/// qcow2 overlay (over the fork's base) in `dir`, encrypted under `key`.
+fn child_disks(parent: &[DiskSpec], dir: &Path, key: Option<Secret>) -> Vec<DiskSpec> {
     parent
         .iter()
         .map(|d| {
@@ -660,6 +669,7 @@ fn child_disks(parent: &[DiskSpec], dir: &Path) -> Vec<DiskSpec> {
                     read_only: false,
                     serial: d.serial.clone(),
                     format: "qcow2".into(),
+                    key: key.clone(),
                 }
             } else {
                 d.clone()

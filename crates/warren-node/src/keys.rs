@@ -11,22 +11,43 @@ use warren_kms::{KeyManager, KmsError, LocalKeyManager};
 
 /// A workspace's wrapped data key, in its run directory.
 pub const KEY_FILE: &str = "data.key";
+/// A fork child's wrapped overlay key: the passphrase QEMU encrypts the child's own
+/// writes with (see crate::overlay).
+pub const OVERLAY_KEY_FILE: &str = "overlay.key";
 
-/// Every `(wrapped key file, workspace id)` under `data_dir`.
+/// What workspace `id`'s overlay key is bound to when wrapped (its data key is
+/// bound to `id` itself): one wrapped key cannot stand in for the other.
+pub fn overlay_context(id: &str) -> String {
+    format!("{id}/overlay")
+}
+
+/// Every `(wrapped key file, context it is bound to)` under `data_dir`.
 pub fn wrapped_keys(data_dir: &Path) -> Vec<(PathBuf, String)> {
     let mut v: Vec<_> = std::fs::read_dir(data_dir.join("workspaces"))
         .map(|rd| {
             rd.flatten()
-                .filter_map(|e| {
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .flat_map(|e| {
                     let id = e.file_name().to_string_lossy().into_owned();
-                    let p = e.path().join(KEY_FILE);
-                    (!id.starts_with('.') && p.is_file()).then_some((p, id))
+                    [
+                        (e.path().join(KEY_FILE), id.clone()),
+                        (e.path().join(OVERLAY_KEY_FILE), overlay_context(&id)),
+                    ]
                 })
+                .filter(|(p, _)| p.is_file())
                 .collect()
         })
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Crypto-erasure of workspace directory `dir`: destroy every wrapped key in it.
+/// Returns whether there was one.
+pub fn destroy_keys(dir: &Path) -> warren_kms::Result<bool> {
+    let data = warren_kms::destroy_wrapped(&dir.join(KEY_FILE))?;
+    let overlay = warren_kms::destroy_wrapped(&dir.join(OVERLAY_KEY_FILE))?;
+    Ok(data || overlay)
 }
 
 /// Open the master key for `config` and prove it unwraps every stored data key.

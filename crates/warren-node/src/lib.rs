@@ -14,6 +14,7 @@ pub mod disk;
 pub mod fork;
 pub mod keys;
 pub mod net;
+pub mod overlay;
 pub mod reconcile;
 pub mod sealed;
 pub mod snapshot;

@@ -86,7 +86,7 @@ pub fn reconcile(
                 }
             }
             // Crypto-erasure first: the disk is unreadable even if removing it fails.
-            let _ = warren_kms::destroy_wrapped(&dir.join(crate::keys::KEY_FILE));
+            let _ = crate::keys::destroy_keys(&dir);
             if std::fs::remove_dir_all(&dir).is_ok() {
                 out.dirs_removed.push(name);
             }

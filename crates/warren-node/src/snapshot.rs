@@ -280,7 +280,19 @@ impl Node {
         std::fs::create_dir(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         let r = (|| {
             let disk = tmp.join("data.img");
-            sparse_copy(&self.workspace_dir(id).join("data.ext4"), &disk)?;
+            let wdir = self.workspace_dir(id);
+            if crate::fork::data_disk_format(&wdir) == "qcow2" {
+                // A fork child's overlay: the archive is its whole disk, raw (still
+                // under its data key), not an overlay over a base it may outlive.
+                let key = self.overlay_key(id)?;
+                crate::overlay::flatten(
+                    &wdir.join("data.ext4"),
+                    key.as_ref().map(|k| k.expose().as_bytes()),
+                    &disk,
+                )?;
+            } else {
+                sparse_copy(&wdir.join("data.ext4"), &disk)?;
+            }
             let meta = std::fs::metadata(&disk).map_err(io_err("stat the archive"))?;
             use std::os::unix::fs::MetadataExt;
             let info = ArchiveInfo {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 use tracing::Instrument;
-use warren_protocol::control::{GuestMessage, HostMessage};
+use warren_protocol::control::{GuestMessage, HostMessage, DATA_DISK_SERIAL};
 use warren_vmm::{DiskSpec, NetSpec, VmSpec};
 
 pub const STATE_FILE: &str = "memory.state";
@@ -260,7 +260,7 @@ impl Node {
             &ws.image,
             &assets,
             &ws.lease,
-        );
+        )?;
         let tmp = path.to_path_buf();
         let t = Instant::now();
         if let Err(e) = self.save_vm_state(ws, &tmp).await {
@@ -490,6 +490,7 @@ impl Node {
         }
         let net = self.attach_network(&id, &lease, &spec.network)?;
 
+        let overlay_key = self.overlay_key(&id)?;
         let vm_spec = VmSpec {
             id: id.clone(),
             run_dir: dir.clone(),
@@ -506,6 +507,11 @@ impl Node {
                     read_only: d.read_only,
                     serial: d.serial.clone(),
                     format: d.format.clone(),
+                    key: if d.serial == DATA_DISK_SERIAL {
+                        overlay_key.clone()
+                    } else {
+                        None
+                    },
                 })
                 .collect(),
             net: Some(NetSpec {

@@ -470,11 +470,46 @@ impl Node {
         Ok(true)
     }
 
+    /// Give fork child `id` an overlay key of its own (wrapped into its
+    /// `overlay.key`) and return its passphrase; `None` with disk encryption off.
+    pub(crate) fn new_overlay_key(&self, id: &str) -> Result<Option<Secret>> {
+        let Some(kms) = self.kms.as_ref().filter(|_| self.config.encrypt_disks) else {
+            return Ok(None);
+        };
+        let key = warren_kms::DataKey::generate();
+        let path = self.workspace_dir(id).join(crate::keys::OVERLAY_KEY_FILE);
+        warren_kms::write_wrapped(&path, &kms.wrap(&key, &crate::keys::overlay_context(id))?)?;
+        Ok(Some(Secret::new(
+            crate::overlay::passphrase(&key).to_string(),
+        )))
+    }
+
+    /// The passphrase of workspace `id`'s overlay (a fork child's own writes),
+    /// unwrapped here, in memory only; `None` for a disk without one.
+    pub(crate) fn overlay_key(&self, id: &str) -> Result<Option<Secret>> {
+        let path = self.workspace_dir(id).join(crate::keys::OVERLAY_KEY_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let kms = self.kms.as_ref().ok_or_else(|| {
+            NodeError::Disk(format!(
+                "{} exists but no master key is loaded",
+                path.display()
+            ))
+        })?;
+        let key = kms.unwrap(
+            &warren_kms::read_wrapped(&path)?,
+            &crate::keys::overlay_context(id),
+        )?;
+        Ok(Some(Secret::new(
+            crate::overlay::passphrase(&key).to_string(),
+        )))
+    }
+
     /// Crypto-erasure: destroy workspace `id`'s wrapped data key, so its disk (and
     /// any copy of it) is unreadable. Returns whether it had one.
     pub fn erase_key(&self, id: &str) -> Result<bool> {
-        let erased =
-            warren_kms::destroy_wrapped(&self.workspace_dir(id).join(crate::keys::KEY_FILE))?;
+        let erased = crate::keys::destroy_keys(&self.workspace_dir(id))?;
         if erased {
             tracing::info!(workspace_id = %id, "data key destroyed (crypto-erasure)");
         }
@@ -528,7 +563,18 @@ impl Node {
         if !fresh {
             // A bigger disk_size_mb (the resources API) grows the file; the guest grows
             // its file system at boot. Never shrinks.
-            disk::grow_at_least(&run_dir.join("data.ext4"), spec.disk_size_mb)?;
+            let disk = run_dir.join("data.ext4");
+            if crate::fork::data_disk_format(&run_dir) == "qcow2" {
+                // A fork child's overlay: its size is in its header, not its length.
+                let key = self.overlay_key(&id)?;
+                crate::overlay::grow(
+                    &disk,
+                    key.as_ref().map(|k| k.expose().as_bytes()),
+                    spec.disk_size_mb << 20,
+                )?;
+            } else {
+                disk::grow_at_least(&disk, spec.disk_size_mb)?;
+            }
         }
         let data_disk = self.data_disk(&id, fresh.then_some(spec.disk_size_mb))?;
         let disk_ms = ms(t);
@@ -558,7 +604,7 @@ impl Node {
         write_record(&run_dir, &record)?;
         write_owner(&run_dir, &id, None, lease.record.index)?;
 
-        let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease);
+        let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease)?;
         let t = Instant::now();
         // From the template when there is one (see crate::template), else cold.
         let (vm, cloned) = match self.start_from_template(&vm_spec).await {
@@ -672,9 +718,10 @@ impl Node {
         image: &Image,
         assets: &GuestAssets,
         lease: &Lease,
-    ) -> VmSpec {
+    ) -> Result<VmSpec> {
         let run_dir = self.workspace_dir(id);
-        VmSpec {
+        let overlay_key = self.overlay_key(id)?;
+        Ok(VmSpec {
             id: id.to_string(),
             run_dir: run_dir.clone(),
             kernel: assets.vmlinux.clone(),
@@ -692,6 +739,7 @@ impl Node {
                     read_only: true,
                     serial: IMAGE_DISK_SERIAL.into(),
                     format: "raw".into(),
+                    key: None,
                 },
                 DiskSpec {
                     path: run_dir.join("data.ext4"),
@@ -699,6 +747,7 @@ impl Node {
                     serial: DATA_DISK_SERIAL.into(),
                     // A fork's disk is a qcow2 overlay (see crate::fork).
                     format: crate::fork::data_disk_format(&run_dir),
+                    key: overlay_key,
                 },
             ],
             net: Some(NetSpec {
@@ -712,7 +761,7 @@ impl Node {
             die_with_parent: spec.die_with_owner,
             memory_file: None,
             hold_for_control: false,
-        }
+        })
     }
 
     /// Power the VM off (asking the guest first when `grace` is non-zero, then killing
@@ -817,7 +866,7 @@ impl Node {
             .resolve(&spec.image, &warren_images::NoProgress)
             .await?;
         let assets = self.guest_assets().await?.clone();
-        let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease);
+        let vm_spec = self.vm_spec(&id, spec, &image, &assets, &lease)?;
         let vm = self.vmm.attach(&vm_spec, pid).await?;
         let (control, events) =
             ControlChannel::connect(&vm_spec.control_socket, &id, Some(pid)).await?;
@@ -956,7 +1005,7 @@ impl Drop for Cleanup<'_> {
             self.pool.release(&l);
         }
         if let Some(d) = self.run_dir.take() {
-            let _ = warren_kms::destroy_wrapped(&d.join(crate::keys::KEY_FILE));
+            let _ = crate::keys::destroy_keys(&d);
             let _ = std::fs::remove_dir_all(d);
         }
     }

@@ -28,6 +28,8 @@ pub enum VmmError {
     StartTimeout(Duration),
     #[error("QMP: {0}")]
     Qmp(String),
+    #[error("invalid VM spec: {0}")]
+    Invalid(String),
     #[error("hardware KVM was requested but {0}")]
     KvmUnavailable(String),
     #[error("{context}: {source}")]
@@ -54,6 +56,10 @@ pub struct DiskSpec {
     pub serial: String,
     /// `raw` or `qcow2`.
     pub format: String,
+    /// The passphrase of a qcow2 image's LUKS encryption (a fork child's overlay).
+    /// The engine hands it to the VMM on its standard input, never in a file or on
+    /// a command line; at most one disk of a VM has one.
+    pub key: Option<warren_protocol::control::Secret>,
 }
 
 /// A network interface backed by a host tap device.

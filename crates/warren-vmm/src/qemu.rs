@@ -109,9 +109,19 @@ impl QemuVmm {
                 a.push_str(",append=on");
             }
         }
+        let mut keys = spec.disks.iter().filter_map(|d| d.key.as_ref());
+        let stdin = match (keys.next(), keys.next()) {
+            (None, _) => std::process::Stdio::null(),
+            (Some(key), None) => key_pipe(key.expose().as_bytes())?,
+            (Some(_), Some(_)) => {
+                return Err(VmmError::Invalid(
+                    "at most one disk of a VM can be encrypted by the VMM".into(),
+                ))
+            }
+        };
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args)
-            .stdin(std::process::Stdio::null())
+            .stdin(stdin)
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(false);
@@ -493,6 +503,19 @@ pub fn qmp_socket(spec: &VmSpec) -> PathBuf {
     spec.run_dir.join("qmp.sock")
 }
 
+/// A pipe holding `key`, its writing end closed: the VMM reads the key from it
+/// and then sees end of file. A key is far below a pipe's buffer, so writing
+/// cannot block.
+fn key_pipe(key: &[u8]) -> Result<std::process::Stdio> {
+    use std::io::Write;
+    let (reader, mut writer) = std::io::pipe().map_err(io_err("create the key pipe"))?;
+    writer
+        .write_all(key)
+        .map_err(io_err("write the key pipe"))?;
+    drop(writer);
+    Ok(reader.into())
+}
+
 /// The QEMU command line for `spec` (without the binary).
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -563,6 +586,15 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             d.path.to_string_lossy(),
             d.format
         );
+        if d.key.is_some() {
+            // The secret object is read from the VMM's standard input (`spawn`)
+            // while it starts, before it chroots.
+            push(&[
+                "-object",
+                &format!("secret,id=disk{i}-key,file=/dev/stdin,format=raw"),
+            ]);
+            drive.push_str(&format!(",encrypt.key-secret=disk{i}-key"));
+        }
         if d.read_only {
             drive.push_str(",readonly=on");
         } else {
@@ -647,6 +679,7 @@ mod tests {
                 read_only: true,
                 serial: "warren-image".into(),
                 format: "raw".into(),
+                key: None,
             }],
             net: Some(NetSpec {
                 tap: "wt0".into(),
@@ -676,6 +709,26 @@ mod tests {
                 (&"max".to_string(), &"host".to_string())
             ]
         );
+    }
+
+    /// An encrypted disk's key reaches QEMU on standard input only: the command
+    /// line names the secret object, never the key.
+    #[test]
+    fn a_disk_key_is_never_on_the_command_line() {
+        let mut s = spec();
+        s.disks.push(DiskSpec {
+            path: "/run/w/data.ext4".into(),
+            read_only: false,
+            serial: "warren-data".into(),
+            format: "qcow2".into(),
+            key: Some(warren_protocol::control::Secret::new("0123abcd".into())),
+        });
+        let a = qemu_args(&s).join(" ");
+        assert!(a.contains("-object secret,id=disk1-key,file=/dev/stdin,format=raw"));
+        assert!(a.contains(
+            "format=qcow2,if=none,aio=threads,discard=unmap,encrypt.key-secret=disk1-key"
+        ));
+        assert!(!a.contains("0123abcd"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use warren_state::{DesiredState, ObservedState, Workspace};
 fn refuse_deleting(w: &Workspace) -> ApiResult<()> {
     if w.desired_state == DesiredState::Deleted {
         return Err(ApiError::conflict(
-            "conflict",
+            "workspace_deleting",
             format!("workspace {} is being deleted", w.id),
         ));
     }

@@ -29,6 +29,22 @@ pub struct LeaseRecord {
     /// Held across stops by a permanent workspace; only its server releases it.
     #[serde(default)]
     pub persistent: bool,
+    /// The data directory of the node that leased it: a persistent lease whose owner
+    /// is gone and whose workspace directory is no longer there is nobody's (see
+    /// [`LeaseRecord::abandoned`]). `None` in leases written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl LeaseRecord {
+    /// No workspace can ever use this lease again: its node recorded a data directory
+    /// and the workspace's directory is not in it (deleted, or the whole data
+    /// directory removed while the owner was down).
+    pub fn abandoned(&self) -> bool {
+        self.data_dir
+            .as_ref()
+            .is_some_and(|d| !d.join("workspaces").join(&self.workspace_id).exists())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +63,8 @@ pub struct NetPool {
     dir: PathBuf,
     cidr: String,
     firewall: Firewall,
+    /// Recorded in the leases this pool makes (`LeaseRecord::data_dir`).
+    data_dir: Option<PathBuf>,
 }
 
 pub fn parse_cidr(cidr: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
@@ -88,7 +106,13 @@ impl NetPool {
             dir,
             cidr: format!("{}/{}", Ipv4Addr::from(base), len),
             firewall,
+            data_dir: None,
         })
+    }
+
+    /// Record `data_dir` (the node's) in the leases this pool makes.
+    pub fn set_data_dir(&mut self, data_dir: &Path) {
+        self.data_dir = Some(data_dir.to_path_buf());
     }
 
     /// Masquerade only out of `uplink` (default: any interface but the taps).
@@ -191,6 +215,7 @@ impl NetPool {
                     let record = LeaseRecord {
                         owner_pid: std::process::id(),
                         persistent,
+                        data_dir: self.data_dir.clone(),
                         ..existing
                     };
                     self.write(&record)?;
@@ -246,6 +271,7 @@ impl NetPool {
             owner_pid: std::process::id(),
             tap: format!("wt{index}"),
             persistent,
+            data_dir: self.data_dir.clone(),
         };
         match std::fs::OpenOptions::new()
             .write(true)
@@ -419,6 +445,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_is_abandoned_once_its_workspace_directory_is_gone() {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(data.path().join("workspaces/ws_here")).unwrap();
+        let lease = |id: &str, data_dir: Option<PathBuf>| LeaseRecord {
+            index: 1,
+            workspace_id: id.into(),
+            owner_pid: 1,
+            tap: "wt1".into(),
+            persistent: true,
+            data_dir,
+        };
+        let d = Some(data.path().to_path_buf());
+        assert!(!lease("ws_here", d.clone()).abandoned());
+        assert!(lease("ws_gone", d).abandoned());
+        // Written before the data directory was recorded: nobody can tell.
+        assert!(!lease("ws_gone", None).abandoned());
+        let old: LeaseRecord = serde_json::from_str(
+            r#"{"index":1,"workspace_id":"ws_x","owner_pid":5,"tap":"wt1","persistent":true}"#,
+        )
+        .unwrap();
+        assert_eq!(old.data_dir, None);
+        // And the whole data directory removed (a test's, a wiped node).
+        let gone = data.path().to_path_buf();
+        drop(data);
+        assert!(lease("ws_here", Some(gone)).abandoned());
+    }
+
+    #[test]
     fn addresses_follow_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let pool = NetPool::new("10.88.0.0/16", dir.path()).unwrap();
@@ -428,6 +482,7 @@ mod tests {
             owner_pid: 1,
             tap: "wt3".into(),
             persistent: false,
+            data_dir: None,
         });
         assert_eq!(l.host_ip, "10.88.0.13".parse::<Ipv4Addr>().unwrap());
         assert_eq!(l.guest_ip, "10.88.0.14".parse::<Ipv4Addr>().unwrap());

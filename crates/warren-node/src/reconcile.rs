@@ -93,12 +93,21 @@ pub fn reconcile(
         }
     }
     for l in pool.leases() {
+        if pid_alive(l.owner_pid) {
+            continue;
+        }
+        // A permanent workspace's lease outlives its server, but not its directory:
+        // whoever reconciles (another data directory's server, a `warren run`)
+        // releases a lease no workspace can come back to.
+        if l.abandoned() {
+            pool.release(&l);
+            out.leases_released.push(l.workspace_id);
+            continue;
+        }
         if l.persistent && scope == Scope::Temporary {
             continue;
         }
-        if !pid_alive(l.owner_pid)
-            && (!keep(&l.workspace_id) || warm_removed.contains(&l.workspace_id))
-        {
+        if !keep(&l.workspace_id) || warm_removed.contains(&l.workspace_id) {
             pool.release(&l);
             out.leases_released.push(l.workspace_id);
         }

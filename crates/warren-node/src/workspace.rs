@@ -227,6 +227,7 @@ impl Node {
         }
         let mut pool = NetPool::new(&config.network_cidr, &config.run_dir)?;
         pool.set_uplink(config.uplink.clone())?;
+        pool.set_data_dir(&config.data_dir);
         let dns_upstreams = warren_netpolicy::dns::upstreams(&config.dns_upstream)?;
         let images = ImageStore::new(ImageStoreConfig {
             cache_dir: config.cache_dir.clone(),

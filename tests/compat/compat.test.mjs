@@ -569,6 +569,35 @@ test('config.cmd with a restart policy is supervised until max_restarts, then re
   );
 });
 
+test('log streams: the boot log ends with the boot, a command is followed until it exits', async () => {
+  const ws = await client.workspaces.create({
+    ...small,
+    config: { cmd: 'echo first-line; sleep 2; echo last-line' },
+  });
+  const collect = async (gen) => {
+    const out = [];
+    for await (const ev of gen) {
+      assert.equal(typeof ev.message, 'string');
+      assert.equal(typeof ev.timestamp, 'string');
+      out.push(ev.message);
+    }
+    return out;
+  };
+  const within = (p, ms, what) =>
+    Promise.race([p, sleep(ms).then(() => assert.fail(`${what} did not end within ${ms} ms`))]);
+  const boot = await within(collect(client.workspaces.logs.streamBoot(ws.id, { tail_lines: 5 })), 10000, 'boot stream');
+  assert.ok(boot.length > 0 && boot.length <= 5, JSON.stringify(boot));
+  const cmd = await within(collect(client.workspaces.logs.streamCmd(ws.id)), 30000, 'cmd stream');
+  assert.ok(cmd.includes('first-line') && cmd.includes('last-line'), JSON.stringify(cmd));
+  assert.equal((await client.workspaces.get(ws.id)).last_exit_code, 0);
+  await assert.rejects(
+    collect(client.workspaces.logs.streamBoot(ws.id, { tail_lines: -1 })),
+    (e) => e instanceof ValidationError,
+  );
+  await client.workspaces.delete(ws.id);
+  await waitGone(ws.id, 60);
+});
+
 test('TTL expiry removes a temporary workspace', async () => {
   const ws = await client.workspaces.create({ ...small, mode: 'temporary', config: { ttl: 4, ttl_action: 'remove' } });
   assert.equal(ws.ready, true);

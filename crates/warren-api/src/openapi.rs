@@ -551,6 +551,20 @@ pub const ROUTES: &[(&str, &str, &str, &str, u16)] = &[
     ),
     (
         "GET",
+        "/workspace/{id}/logs/stream/boot",
+        "logs",
+        "Boot log as SSE: the tail, then new lines until the boot ends",
+        200,
+    ),
+    (
+        "GET",
+        "/workspace/{id}/logs/stream/cmd",
+        "logs",
+        "Command log as SSE: the tail, then new lines until the command exits",
+        200,
+    ),
+    (
+        "GET",
         "/workspace/{id}/runtime-api-access",
         "runtime-api-access",
         "Whether runtime API access is enabled",

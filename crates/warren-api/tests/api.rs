@@ -469,6 +469,78 @@ async fn unknown_ids_and_later_features() {
     assert_eq!(api.total().await, 0);
 }
 
+/// The boot log as server-sent events: while the workspace boots, the lines so far
+/// and then each new one until the boot ends (a last line without its newline
+/// too), then the stream ends; after the boot, the tail and the end at once.
+#[tokio::test]
+async fn the_boot_log_streams_until_the_boot_ends() {
+    let api = Api::start(|_| {}).await;
+    api.backend.hold_create.store(true, Ordering::SeqCst);
+    let (_, b) = api.call("POST", "/workspace", None).await;
+    let id = b["workspace"]["id"].as_str().unwrap().to_string();
+    api.wait_for(&id, |w| w["provisioning"]["phase"] == "preparing")
+        .await;
+    let path = format!("/workspace/{id}/logs/stream/boot");
+    let client = (*api).clone();
+    let p = path.clone();
+    let reader = tokio::spawn(async move { client.sse(&p).await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !reader.is_finished(),
+        "the stream ended while the workspace boots"
+    );
+    api.backend
+        .boot_log
+        .lock()
+        .unwrap()
+        .push_str("line four\nline five");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    api.backend.hold_create.store(false, Ordering::SeqCst);
+    let (st, events) = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the stream did not end after the boot")
+        .unwrap();
+    assert_eq!(st, 200);
+    let lines: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "line one",
+            "line two",
+            "line three",
+            "line four",
+            "line five"
+        ]
+    );
+    assert!(events
+        .iter()
+        .all(|e| e["source"] == "boot" && e["timestamp"].is_string()));
+
+    api.wait_for(&id, |w| w["ready"] == true).await;
+    let (st, events) = api.sse(&format!("{path}?tail_lines=2")).await;
+    assert_eq!(st, 200);
+    let lines: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["line four", "line five"]);
+    let (st, b) = api.sse(&format!("{path}?tail_lines=0")).await;
+    assert_error(st, &b[0], 422, "validation_error");
+    let (st, b) = api.sse("/workspace/ws_nonexistent0/logs/stream/boot").await;
+    assert_error(st, &b[0], 404, "not_found");
+    // The command's log is read from the running VM: a stopped one is a 409.
+    let (st, _) = api
+        .call("POST", &format!("/workspace/{id}/stop"), None)
+        .await;
+    assert_eq!(st, 200);
+    api.wait_for(&id, |w| w["status"] == "stopped").await;
+    let (st, b) = api.sse(&format!("/workspace/{id}/logs/stream/cmd")).await;
+    assert_error(st, &b[0], 409, "workspace_not_running");
+}
+
 #[tokio::test]
 async fn provisioning_reports_its_phase() {
     let api = Api::start(|_| {}).await;

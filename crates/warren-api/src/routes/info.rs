@@ -223,7 +223,7 @@ fn tail(text: &str, n: Option<usize>) -> Vec<String> {
 }
 
 /// The command log, read from the guest through its agent.
-async fn cmd_log(st: &AppState, w: &warren_state::Workspace) -> ApiResult<String> {
+pub(crate) async fn cmd_log(st: &AppState, w: &warren_state::Workspace) -> ApiResult<String> {
     let (Some(ip), Some(token)) = (&w.internal_ip, &w.agent_token) else {
         return Err(ApiError::conflict(
             "workspace_not_running",
@@ -258,17 +258,7 @@ pub async fn logs(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let w = find(&st, &c.id, &id).await?;
-    let n = match q.get("tail_lines") {
-        None => None,
-        Some(s) => Some(
-            s.parse::<usize>()
-                .ok()
-                .filter(|n| (1..=100_000).contains(n))
-                .ok_or_else(|| {
-                    ApiError::invalid("tail_lines", format!("{s:?} is not a number 1-100000"))
-                })?,
-        ),
-    };
+    let n = super::log_stream::tail_lines(&q)?;
     let source = q.get("source").map(String::as_str).unwrap_or("boot");
     let text = match source {
         "boot" => st.manager.backend.boot_log(&w.id).unwrap_or_default(),

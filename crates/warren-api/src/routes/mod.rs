@@ -6,6 +6,7 @@ mod fork;
 mod idle;
 mod info;
 mod lifecycle;
+mod log_stream;
 mod network;
 mod power;
 mod resources;
@@ -113,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .route("/workspace/{id}/logs", get(info::logs))
         .route("/workspace/{id}/logs/list", get(info::logs_list))
         .route("/workspace/{id}/logs/file/{name}", get(info::logs_file))
+        .route("/workspace/{id}/logs/stream/boot", get(log_stream::boot))
+        .route("/workspace/{id}/logs/stream/cmd", get(log_stream::cmd))
         .route("/workspace/{id}/runtime-api-access", get(access::status))
         .route(
             "/workspace/{id}/runtime-api-access/enable",

@@ -82,22 +82,10 @@ pub const LATER: &[(&str, &str, &str, &str)] = &[
         "a later desktop issue",
     ),
     (
-        "GET",
-        "/workspace/{id}/logs/stream/boot",
-        "log streams",
-        "the metrics issue",
-    ),
-    (
-        "GET",
-        "/workspace/{id}/logs/stream/cmd",
-        "log streams",
-        "the metrics issue",
-    ),
-    (
         "DELETE",
         "/workspace/{id}/logs",
         "clearing logs",
-        "the metrics issue",
+        "a later logs issue",
     ),
     ("GET", "/namespaces", "namespaces", "the namespaces issue"),
     ("POST", "/namespaces", "namespaces", "the namespaces issue"),

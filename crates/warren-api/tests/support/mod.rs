@@ -28,6 +28,8 @@ pub struct TestBackend {
     /// What the last `reconcile` was told to keep.
     pub kept: Mutex<Vec<String>>,
     pub events: Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>,
+    /// Every workspace's boot log (tests append to it while a create is held).
+    pub boot_log: Mutex<String>,
 }
 
 impl Default for TestBackend {
@@ -46,6 +48,7 @@ impl TestBackend {
             running: Mutex::default(),
             kept: Mutex::default(),
             events: Mutex::default(),
+            boot_log: Mutex::new("line one\nline two\nline three\n".into()),
         }
     }
     pub fn calls(&self) -> Vec<String> {
@@ -162,7 +165,7 @@ impl WorkspaceBackend for TestBackend {
         Ok(())
     }
     fn boot_log(&self, _id: &str) -> Option<String> {
-        Some("line one\nline two\nline three\n".into())
+        Some(self.boot_log.lock().unwrap().clone())
     }
     fn stats(&self, _id: &str) -> Option<Value> {
         None
@@ -173,6 +176,7 @@ impl WorkspaceBackend for TestBackend {
 }
 
 /// The API as a client reaches it: its URL and the client's credentials.
+#[derive(Clone)]
 pub struct Client {
     pub url: String,
     pub id: String,
@@ -204,5 +208,33 @@ impl Client {
         let resp = r.send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` read as server-sent events until the server ends the stream:
+    /// (status, each event's `data` as JSON). Errors are read as a JSON body.
+    pub async fn sse(&self, path: &str) -> (u16, Vec<Value>) {
+        let resp = self
+            .http
+            .get(format!("{}{}", self.url, path))
+            .header("X-Client-ID", &self.id)
+            .header("X-Client-Secret", &self.secret)
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        if status != 200 {
+            return (
+                status,
+                vec![serde_json::from_str(&text).unwrap_or(Value::Null)],
+            );
+        }
+        let events = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        (status, events)
     }
 }

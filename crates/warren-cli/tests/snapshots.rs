@@ -8,6 +8,7 @@ mod server;
 
 use serde_json::{json, Value};
 use server::*;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -239,6 +240,35 @@ async fn workspaces_from_one_template_each_get_their_own_identity() {
         seen.push(me);
     }
     Identity::assert_distinct(&ids.iter().map(String::as_str).collect::<Vec<_>>(), &seen);
+
+    // Cold boot is the fallback: a template that does not restore (its saved state
+    // damaged here) is dropped, the create boots cold and succeeds, and the next
+    // create builds the template again and starts from it.
+    let tdir = Path::new(&mem_path).parent().unwrap().to_path_buf();
+    std::fs::write(tdir.join("state"), b"not a QEMU migration stream").unwrap();
+    for want_template in [false, true] {
+        let r = s
+            .sdk()
+            .create(&small(json!({"wait_ready": true})))
+            .await
+            .unwrap();
+        assert_eq!(r["workspace"]["ready"], true, "{r}");
+        let id = r["workspace"]["id"].as_str().unwrap().to_string();
+        let c = vmm_cmdline(&id).expect("a VMM");
+        assert_eq!(
+            c.contains("memory-backend-file,"),
+            want_template,
+            "from a template: {want_template}? {c}"
+        );
+        let rt = s.sdk().runtime(&id).await.unwrap();
+        let (code, out) = sh(&rt, "echo ok").await;
+        assert_eq!((code, out.as_str()), (0, "ok\n"));
+        ids.push(id);
+    }
+    assert!(
+        std::fs::metadata(tdir.join("state")).unwrap().len() > 1024,
+        "the template was not rebuilt"
+    );
     for id in &ids {
         let (st, _) = s.call("DELETE", &format!("/workspace/{id}"), None).await;
         assert_eq!(st, 202);

@@ -394,3 +394,93 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_protocol::control::{DATA_DISK_SERIAL, IMAGE_DISK_SERIAL};
+    use warren_vmm::{Accel, DiskSpec, NetSpec};
+
+    fn spec(dir: &Path) -> VmSpec {
+        VmSpec {
+            id: "ws_a".into(),
+            run_dir: dir.join("ws_a"),
+            kernel: "/cache/kernels/k-1/vmlinux".into(),
+            initramfs: Some("/cache/initramfs/agent-1.cpio".into()),
+            cmdline: "console=ttyS0".into(),
+            cpus: 1,
+            memory_mb: 256,
+            disks: vec![
+                DiskSpec {
+                    path: "/cache/images/sha256-aaa/rootfs.ext4".into(),
+                    read_only: true,
+                    serial: IMAGE_DISK_SERIAL.into(),
+                    format: "raw".into(),
+                    key: None,
+                },
+                DiskSpec {
+                    path: dir.join("ws_a/data.ext4"),
+                    read_only: false,
+                    serial: DATA_DISK_SERIAL.into(),
+                    format: "raw".into(),
+                    key: None,
+                },
+            ],
+            net: Some(NetSpec {
+                tap: "wt1".into(),
+                mac: "02:57:52:00:00:01".into(),
+            }),
+            control_socket: dir.join("ws_a/agent.sock"),
+            console_log: dir.join("ws_a/console.log"),
+            accel: Accel::Tcg,
+            acpi: false,
+            die_with_parent: false,
+            memory_file: None,
+            hold_for_control: false,
+        }
+    }
+
+    /// A changed image, kernel or agent (each named by its content in the caches),
+    /// command line or shape is a new template; what differs per workspace (its id,
+    /// run directory, disk file, tap, MAC) is not.
+    #[test]
+    fn templates_are_keyed_by_what_shapes_the_guest() {
+        let d = tempfile::tempdir().unwrap();
+        let base = inputs(&spec(d.path()));
+        type Change = Box<dyn Fn(&mut VmSpec)>;
+        let changed: Vec<(&str, Change)> = vec![
+            (
+                "kernel",
+                Box::new(|s| s.kernel = "/cache/kernels/k-2/vmlinux".into()),
+            ),
+            (
+                "agent",
+                Box::new(|s| s.initramfs = Some("/cache/initramfs/agent-2.cpio".into())),
+            ),
+            (
+                "image",
+                Box::new(|s| s.disks[0].path = "/cache/images/sha256-bbb/rootfs.ext4".into()),
+            ),
+            ("cmdline", Box::new(|s| s.cmdline.push_str(" quiet"))),
+            ("cpus", Box::new(|s| s.cpus = 2)),
+            ("memory", Box::new(|s| s.memory_mb = 512)),
+            ("accel", Box::new(|s| s.accel = Accel::Kvm)),
+        ];
+        for (what, f) in changed {
+            let mut s = spec(d.path());
+            f(&mut s);
+            assert_ne!(inputs(&s), base, "a changed {what} kept the template");
+        }
+        let mut s = spec(d.path());
+        s.id = "ws_b".into();
+        s.run_dir = d.path().join("ws_b");
+        s.disks[1].path = d.path().join("ws_b/data.ext4");
+        s.net = Some(NetSpec {
+            tap: "wt2".into(),
+            mac: "02:57:52:00:00:02".into(),
+        });
+        s.control_socket = d.path().join("ws_b/agent.sock");
+        s.console_log = d.path().join("ws_b/console.log");
+        assert_eq!(inputs(&s), base, "another workspace of the same shape");
+    }
+}

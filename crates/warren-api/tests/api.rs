@@ -997,22 +997,8 @@ async fn children_of_a_fork_the_server_died_in_are_removed_at_start() {
     let store = Store::open_in_memory().await.unwrap();
     let c = store.create_client("admin", true).await.unwrap();
     let new = |id: &str| NewWorkspace {
-        id: id.into(),
-        client_id: c.client.id.clone(),
-        name: id.into(),
-        slug: None,
-        image: "busybox".into(),
-        mode: "permanent".into(),
-        cpus: 1,
-        memory_mb: 256,
         disk_size_mb: 1024,
-        config: json!({}),
-        idempotency_key: None,
-        ttl_seconds: None,
-        ttl_action: None,
-        ttl_expires_at: None,
-        remove_on_exit: false,
-        restart_policy: None,
+        ..NewWorkspace::basic(id, &c.client.id)
     };
     for (id, message) in [
         (

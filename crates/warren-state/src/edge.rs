@@ -307,26 +307,9 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..8 {
             let id = format!("ws_conc{i}");
-            s.insert_workspace(&crate::NewWorkspace {
-                id: id.clone(),
-                client_id: c.client.id.clone(),
-                name: id.clone(),
-                slug: None,
-                image: "busybox".into(),
-                mode: "permanent".into(),
-                cpus: 1,
-                memory_mb: 256,
-                disk_size_mb: 64,
-                config: serde_json::json!({}),
-                idempotency_key: None,
-                ttl_seconds: None,
-                ttl_action: None,
-                ttl_expires_at: None,
-                remove_on_exit: false,
-                restart_policy: None,
-            })
-            .await
-            .unwrap();
+            s.insert_workspace(&crate::NewWorkspace::basic(&id, &c.client.id))
+                .await
+                .unwrap();
             ids.push(id);
         }
         let mut tasks = Vec::new();
@@ -353,26 +336,9 @@ mod tests {
         let s = Store::open_in_memory().await.unwrap();
         let c = s.create_client("t", true).await.unwrap();
         let id = "ws_edge".to_string();
-        s.insert_workspace(&crate::NewWorkspace {
-            id: id.clone(),
-            client_id: c.client.id.clone(),
-            name: "n".into(),
-            slug: None,
-            image: "busybox".into(),
-            mode: "permanent".into(),
-            cpus: 1,
-            memory_mb: 256,
-            disk_size_mb: 64,
-            config: serde_json::json!({}),
-            idempotency_key: None,
-            ttl_seconds: None,
-            ttl_action: None,
-            ttl_expires_at: None,
-            remove_on_exit: false,
-            restart_policy: None,
-        })
-        .await
-        .unwrap();
+        s.insert_workspace(&crate::NewWorkspace::basic(&id, &c.client.id))
+            .await
+            .unwrap();
         for p in 1..=3u16 {
             s.insert_edge_port(&id, p, &format!("s{p}"), None, 3)
                 .await

@@ -54,26 +54,9 @@ mod tests {
     async fn put_replaces_patch_merges() {
         let s = Store::open_in_memory().await.unwrap();
         let c = s.create_client("a", true).await.unwrap().client.id;
-        s.insert_workspace(&NewWorkspace {
-            id: "ws_m".into(),
-            client_id: c,
-            name: "m".into(),
-            slug: None,
-            image: "busybox".into(),
-            mode: "permanent".into(),
-            cpus: 1,
-            memory_mb: 256,
-            disk_size_mb: 128,
-            config: serde_json::json!({}),
-            idempotency_key: None,
-            ttl_seconds: None,
-            ttl_action: None,
-            ttl_expires_at: None,
-            remove_on_exit: false,
-            restart_policy: None,
-        })
-        .await
-        .unwrap();
+        s.insert_workspace(&NewWorkspace::basic("ws_m", &c))
+            .await
+            .unwrap();
         let m = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
             kv.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -135,6 +135,31 @@ pub struct NewWorkspace {
     pub restart_policy: Option<String>,
 }
 
+impl NewWorkspace {
+    /// A permanent busybox workspace named `id` of 1 CPU, 256 MiB and a 128 MiB
+    /// disk, without config or lifecycle: a base to change fields of.
+    pub fn basic(id: &str, client_id: &str) -> NewWorkspace {
+        NewWorkspace {
+            id: id.into(),
+            client_id: client_id.into(),
+            name: id.into(),
+            slug: None,
+            image: "busybox".into(),
+            mode: "permanent".into(),
+            cpus: 1,
+            memory_mb: 256,
+            disk_size_mb: 128,
+            config: serde_json::json!({}),
+            idempotency_key: None,
+            ttl_seconds: None,
+            ttl_action: None,
+            ttl_expires_at: None,
+            remove_on_exit: false,
+            restart_policy: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum InsertOutcome {
     Created(Workspace),

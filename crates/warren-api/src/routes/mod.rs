@@ -226,3 +226,18 @@ pub async fn find(st: &AppState, client_id: &str, id: &str) -> ApiResult<Workspa
         .await?
         .ok_or_else(|| ApiError::not_found("workspace", id))
 }
+
+/// A server-sent events response of `body`: not cached, not buffered by proxies.
+pub(crate) fn sse(body: axum::body::Body) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    use axum::response::IntoResponse;
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}

@@ -13,8 +13,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -192,13 +192,5 @@ pub async fn stream(
         let frame = Bytes::from(format!("event: stats\ndata: {ev}\n\n"));
         Some((Ok::<Bytes, std::convert::Infallible>(frame), (st, w, cur)))
     });
-    let mut resp = Body::from_stream(body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    Ok(super::sse(Body::from_stream(body)))
 }

@@ -105,3 +105,51 @@ pub fn rotate_master_key(config: &NodeConfig) -> Result<usize> {
     let n = warren_kms::rotate_local(&config.master_key_path(), &wrapped_keys(&config.data_dir))?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_kms::{DataKey, KeyManager};
+
+    /// A fork child's overlay key is listed with its own context, so a master key
+    /// rotation re-wraps it (and the start-up check proves it unwraps); destroying
+    /// a workspace's keys takes both.
+    #[test]
+    fn overlay_keys_are_rotated_and_destroyed_with_data_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let master = d.path().join("master.key");
+        let km = LocalKeyManager::create(&master).unwrap();
+        let ws = d.path().join("workspaces/ws_child");
+        std::fs::create_dir_all(&ws).unwrap();
+        let (data, overlay) = (DataKey::generate(), DataKey::generate());
+        warren_kms::write_wrapped(&ws.join(KEY_FILE), &km.wrap(&data, "ws_child").unwrap())
+            .unwrap();
+        let ctx = overlay_context("ws_child");
+        warren_kms::write_wrapped(
+            &ws.join(OVERLAY_KEY_FILE),
+            &km.wrap(&overlay, &ctx).unwrap(),
+        )
+        .unwrap();
+        let listed = wrapped_keys(d.path());
+        assert_eq!(
+            listed,
+            vec![
+                (ws.join(KEY_FILE), "ws_child".to_string()),
+                (ws.join(OVERLAY_KEY_FILE), ctx.clone()),
+            ]
+        );
+        // The overlay key is bound to its context: it does not pass for a data key.
+        let w = warren_kms::read_wrapped(&ws.join(OVERLAY_KEY_FILE)).unwrap();
+        assert!(km.unwrap(&w, "ws_child").is_err());
+
+        assert_eq!(warren_kms::rotate_local(&master, &listed).unwrap(), 2);
+        let km2 = LocalKeyManager::open(&master).unwrap();
+        assert_ne!(km2.current_key_id(), km.current_key_id());
+        let w = warren_kms::read_wrapped(&ws.join(OVERLAY_KEY_FILE)).unwrap();
+        assert_eq!(km2.unwrap(&w, &ctx).unwrap().as_bytes(), overlay.as_bytes());
+
+        assert!(destroy_keys(&ws).unwrap());
+        assert!(wrapped_keys(d.path()).is_empty());
+        assert!(!destroy_keys(&ws).unwrap());
+    }
+}

@@ -195,3 +195,39 @@ pub fn unwrapped_key(data: &Path, id: &str, file: &str, context: &str) -> warren
     let w = warren_kms::read_wrapped(&data.join("workspaces").join(id).join(file)).unwrap();
     km.unwrap(&w, context).unwrap()
 }
+
+/// Options every OpenSSH client here gets (ssh, scp and sftp share them).
+pub fn opts(key: &Path) -> Vec<String> {
+    let mut v = loud_opts(key);
+    v.extend(["-o".into(), "LogLevel=ERROR".into()]);
+    v
+}
+
+/// The same, with OpenSSH's default log level (it reports refused forwards).
+pub fn loud_opts(key: &Path) -> Vec<String> {
+    let mut v = vec!["-i".to_string(), key.display().to_string()];
+    for o in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "IdentitiesOnly=yes",
+        "ConnectTimeout=20",
+    ] {
+        v.push("-o".into());
+        v.push(o.into());
+    }
+    v
+}
+
+/// A new ed25519 key pair `dir/name` (no passphrase): (private key path, public key line).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}

@@ -3,7 +3,8 @@
 //! answer 422 naming the field and create nothing); a workspace with no traffic is
 //! frozen to disk, and an HTTPS request to its public URL (curl with `--resolve` and
 //! the local CA) wakes it and gets the answer from the process that was running;
-//! asleep for `stop_after` it is stopped, and a public request boots it again.
+//! asleep for `stop_after` it is stopped, and a public request boots it again. An
+//! SSH session through the gateway (OpenSSH's `ssh`) wakes it too.
 //! `--idle-min-secs 1` makes the smallest allowed times 1 s (suspend) and 30 s (stop).
 
 mod common;
@@ -65,6 +66,8 @@ async fn an_idle_workspace_sleeps_and_its_public_url_wakes_it() {
         "127.0.0.1:0",
         "--preview-domain",
         PREVIEW,
+        "--ssh-addr",
+        "127.0.0.1:0",
     ];
     let s = Server::start_with(data.path(), &args);
     let count = |b: &Value| b["workspaces"].as_array().map(|a| a.len());
@@ -145,6 +148,16 @@ async fn an_idle_workspace_sleeps_and_its_public_url_wakes_it() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(first.starts_with("hello "), "{first}");
+    let (key, public) = common::keygen(data.path(), "k");
+    for (path, body) in [
+        ("ssh/key", Some(json!({ "public_key": public }))),
+        ("ssh/enable", None),
+    ] {
+        let (st, b) = s
+            .call("POST", &format!("/workspace/{id}/{path}"), body)
+            .await;
+        assert_eq!(st, 200, "{path}: {b}");
+    }
 
     // No traffic: frozen to disk, its VMM gone.
     wait_status(&s, &id, "paused", 60).await;
@@ -158,6 +171,30 @@ async fn an_idle_workspace_sleeps_and_its_public_url_wakes_it() {
     eprintln!(
         "woken from disk through the edge in {:.0} ms",
         t.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(status(&s, &id).await["status"], "running");
+
+    // Asleep again: an SSH command through the gateway wakes it, and runs in the
+    // same boot.
+    wait_status(&s, &id, "paused", 60).await;
+    let ssh_port = s.ssh.expect("the server announced no SSH gateway").port();
+    let out = Command::new("ssh")
+        .args(["-p", &ssh_port.to_string()])
+        .args(common::opts(&key))
+        .arg(format!("{id}@127.0.0.1"))
+        .arg("cat /www/index.html")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ssh");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), first.as_str()),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
     );
     assert_eq!(status(&s, &id).await["status"], "running");
 

@@ -12,36 +12,14 @@ mod internet;
 #[path = "support/server.rs"]
 mod server;
 
+use common::{keygen, loud_opts, opts};
 use serde_json::json;
 use server::*;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Options every OpenSSH client here gets (ssh, scp and sftp share them).
-fn opts(key: &Path) -> Vec<String> {
-    let mut v = loud_opts(key);
-    v.extend(["-o".into(), "LogLevel=ERROR".into()]);
-    v
-}
-
-/// The same, with OpenSSH's default log level (it reports refused forwards).
-fn loud_opts(key: &Path) -> Vec<String> {
-    let mut v = vec!["-i".to_string(), key.display().to_string()];
-    for o in [
-        "StrictHostKeyChecking=no",
-        "UserKnownHostsFile=/dev/null",
-        "BatchMode=yes",
-        "IdentitiesOnly=yes",
-        "ConnectTimeout=20",
-    ] {
-        v.push("-o".into());
-        v.push(o.into());
-    }
-    v
-}
 
 struct Gw {
     port: u16,
@@ -104,18 +82,6 @@ fn run(mut c: Command, input: &[u8]) -> Out {
         out: String::from_utf8_lossy(&out.stdout).into_owned(),
         err: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let key = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .status()
-        .expect("run ssh-keygen");
-    assert!(st.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (key, public.trim().to_string())
 }
 
 fn free_port() -> u16 {

@@ -504,12 +504,10 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    /// The agent of workspace `id`, or why it cannot be reached.
+    /// The agent of workspace `id` (woken first if it sleeps on idle), or why it
+    /// cannot be reached.
     pub async fn of(store: &Store, id: &str) -> Result<Agent, String> {
-        let ws = match store.workspace(id).await {
-            Ok(Some(w)) => w,
-            _ => return Err(format!("workspace {id} does not exist")),
-        };
+        let ws = awake(store, id).await?;
         let (ObservedState::Running, Some(ip), Some(token)) = (
             ws.observed_state,
             ws.internal_ip.as_deref(),
@@ -577,6 +575,19 @@ fn key_matches(s: &warren_state::EdgeSsh, key: &PublicKey) -> bool {
         .is_some_and(|k| k.key_data() == key.key_data())
 }
 
+/// Workspace `id`; one asleep on idle (frozen, or stopped by its policy) is woken
+/// first, as a request to its public URL or through the gateway would: an SSH
+/// session is traffic too.
+async fn awake(store: &Store, id: &str) -> Result<warren_state::Workspace, String> {
+    let ws = match store.workspace(id).await {
+        Ok(Some(w)) => w,
+        _ => return Err(format!("workspace {id} does not exist")),
+    };
+    crate::wake::wake_if_asleep(store, ws, API_PORT)
+        .await
+        .map_err(|p| p.message)
+}
+
 /// Run `command` in the workspace through its agent; the exit code.
 async fn run(
     store: &Store,
@@ -595,10 +606,10 @@ async fn run(
             )
             .await;
     };
-    let ws = match store.workspace(id).await {
-        Ok(Some(w)) => w,
-        _ => {
-            say(format!("workspace {id} does not exist")).await;
+    let ws = match awake(store, id).await {
+        Ok(w) => w,
+        Err(e) => {
+            say(e).await;
             return 255;
         }
     };

@@ -330,6 +330,44 @@ async fn forks_start_as_the_parent_then_diverge_with_their_own_identity() {
     .await;
     assert_eq!((code, out.as_str()), (0, "two\n"));
 
+    // A child's snapshot and restore (its VMM started again on its encrypted
+    // overlay), and its archive: its whole disk flattened, still under its data key,
+    // not an overlay over a base it may outlive.
+    let (code, _) = sh(&rts[1], "echo warren-child-5e1d > /root/am.txt; sync").await;
+    assert_eq!(code, 0);
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{}/snapshot", ids[1]), None)
+        .await;
+    assert_eq!(st, 200, "{b}");
+    sh(&rts[1], "echo later > /root/later.txt; sync").await;
+    let (st, b) = s
+        .call("POST", &format!("/workspace/{}/restore", ids[1]), None)
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let (_, out) = sh(&rts[1], "cat /root/am.txt; ls /root").await;
+    assert_eq!(
+        out, "warren-child-5e1d\nafter.txt\nam.txt\nbase.txt\nc.txt\nonly2.txt\n",
+        "the restore did not bring back the disk at the snapshot"
+    );
+    let (st, b) = s
+        .call(
+            "POST",
+            &format!("/workspace/{}/archives", ids[1]),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((st, b["format"].as_str()), (200, Some("raw")), "{b}");
+    let archive = data
+        .path()
+        .join("workspaces")
+        .join(&ids[1])
+        .join("archives/v1/data.img");
+    let key = unwrapped_key(data.path(), &ids[1], "data.key", &ids[1]);
+    assert!(
+        decrypted_disk_contains(&archive, &key, b"warren-child-5e1d"),
+        "the child's archive does not hold its disk"
+    );
+
     // A stopped workspace cannot be forked: 409, nothing made.
     s.sdk()
         .power(&ids[1], warren_sdk::Power::Stop)

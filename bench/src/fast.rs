@@ -2,7 +2,8 @@
 //! * create -> first exec result from a template vs. cold boot, p50/p95;
 //! * pause to disk (save + VMM exit) and resume from disk -> first exec result;
 //! * memory pause/resume -> first exec result;
-//! * user snapshot (memory and a sparse copy of the disk) of that workspace.
+//! * user snapshot (memory and a sparse copy of the disk) of that workspace, and its
+//!   restore in place until the first exec answers.
 
 use crate::{pct, spec};
 use std::time::{Duration, Instant};
@@ -258,6 +259,29 @@ pub async fn bench(
         ws.vm.resume().await?;
     }
     line("snapshot (memory + disk copy, vCPUs stopped)", &mut snap);
+    let mut restore = Vec::new();
+    let mut ws = Some(ws);
+    for _ in 0..runs.clamp(1, 10) {
+        let t = Instant::now();
+        let w2 = warm
+            .restore_snapshot(
+                ws.take(),
+                &warren_node::WorkspaceSpec {
+                    id: Some(id.clone()),
+                    persistent: true,
+                    ..spec(image, memory_mb)
+                },
+            )
+            .await?;
+        exec_true(&w2).await?;
+        restore.push(t.elapsed().as_secs_f64() * 1000.0);
+        ws = Some(w2);
+    }
+    line(
+        "restore the snapshot (in place) -> first exec result",
+        &mut restore,
+    );
+    let ws = ws.expect("running");
     warm.destroy(ws, Duration::ZERO).await?;
     Ok(())
 }

@@ -480,18 +480,6 @@ fn ssh_with_input(
     )
 }
 
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let key = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .status()
-        .expect("run ssh-keygen");
-    assert!(st.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (key, public.trim().to_string())
-}
-
 /// The SSH gateway: key set and enabled -> commands run in the VM through its agent
 /// (output and exit code); a wrong key, or SSH disabled, is refused.
 async fn ssh_gateway(s: &EdgeServer, id: &str, data: &Path) {

@@ -657,22 +657,9 @@ mod tests {
 
     fn new_ws(client: &str, id: &str, key: Option<&str>) -> NewWorkspace {
         NewWorkspace {
-            id: id.into(),
-            client_id: client.into(),
-            name: id.into(),
-            slug: None,
-            image: "busybox".into(),
-            mode: "permanent".into(),
-            cpus: 1,
-            memory_mb: 256,
-            disk_size_mb: 128,
             config: serde_json::json!({"env": ["A=1"]}),
             idempotency_key: key.map(String::from),
-            ttl_seconds: None,
-            ttl_action: None,
-            ttl_expires_at: None,
-            remove_on_exit: false,
-            restart_policy: None,
+            ..NewWorkspace::basic(id, client)
         }
     }
 

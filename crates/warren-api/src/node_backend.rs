@@ -25,11 +25,38 @@ struct Entry {
 
 type Running = Arc<Mutex<HashMap<String, Entry>>>;
 type Events = Arc<Mutex<Option<mpsc::UnboundedSender<BackendEvent>>>>;
+/// The last exit report passed on, per workspace (`GuestMessage::CmdExited`'s
+/// `report`): the agent repeats a report until acknowledged, and a freeze can make
+/// one arrive twice (read while freezing, then again after the thaw).
+type Reported = Arc<Mutex<HashMap<String, u64>>>;
+
+/// Pass a command exit on to the manager, once per report.
+fn pass_exit(events: &Events, reported: &Reported, id: &str, exit_code: i32, report: u64) {
+    if report != 0 {
+        let mut r = lock(reported);
+        if r.get(id) == Some(&report) {
+            tracing::debug!(
+                workspace_id = id,
+                report,
+                "a repeated exit report: already passed on"
+            );
+            return;
+        }
+        r.insert(id.to_string(), report);
+    }
+    if let Some(tx) = lock(events).as_ref() {
+        let _ = tx.send(BackendEvent::CmdExited {
+            id: id.to_string(),
+            exit_code,
+        });
+    }
+}
 
 pub struct NodeBackend {
     node: Arc<Node>,
     running: Running,
     events: Events,
+    reported: Reported,
     /// Wakes the warm pool's filler (see [`NodeBackend::start_warm_pool`]).
     refill: Arc<tokio::sync::Notify>,
 }
@@ -91,6 +118,7 @@ impl NodeBackend {
             node: Arc::new(node),
             running: Default::default(),
             events: Default::default(),
+            reported: Default::default(),
             refill: Default::default(),
         }
     }
@@ -150,6 +178,7 @@ impl NodeBackend {
                 self.node.clone(),
                 self.running.clone(),
                 self.events.clone(),
+                self.reported.clone(),
             )
             .instrument(tracing::info_span!("workspace", workspace_id = %id)),
         );
@@ -169,13 +198,8 @@ impl NodeBackend {
         // just before this stop or freeze would otherwise lose its exit code.
         if let Ok(mut rx) = entry.ws.events.try_lock() {
             while let Ok(m) = rx.try_recv() {
-                if let GuestMessage::CmdExited { exit_code } = m {
-                    if let Some(tx) = lock(&self.events).as_ref() {
-                        let _ = tx.send(BackendEvent::CmdExited {
-                            id: id.to_string(),
-                            exit_code,
-                        });
-                    }
+                if let GuestMessage::CmdExited { exit_code, report } = m {
+                    pass_exit(&self.events, &self.reported, id, exit_code, report);
                 }
             }
         }
@@ -202,7 +226,13 @@ impl NodeBackend {
 
 /// Report the workspace's cmd exits and an unexpected end of its VM; on the latter,
 /// release the VM's host resources (tap) and keep its disk.
-async fn watch(ws: Arc<RunningWorkspace>, node: Arc<Node>, running: Running, events: Events) {
+async fn watch(
+    ws: Arc<RunningWorkspace>,
+    node: Arc<Node>,
+    running: Running,
+    events: Events,
+    reported: Reported,
+) {
     let send = |ev: BackendEvent| {
         if let Some(tx) = lock(&events).as_ref() {
             let _ = tx.send(ev);
@@ -211,8 +241,8 @@ async fn watch(ws: Arc<RunningWorkspace>, node: Arc<Node>, running: Running, eve
     let detail = loop {
         tokio::select! {
             m = async { ws.events.lock().await.recv().await } => match m {
-                Some(GuestMessage::CmdExited { exit_code }) => {
-                    send(BackendEvent::CmdExited { id: ws.id.clone(), exit_code });
+                Some(GuestMessage::CmdExited { exit_code, report }) => {
+                    pass_exit(&events, &reported, &ws.id, exit_code, report);
                     // The agent repeats it until told.
                     let _ = ws.control.send(&HostMessage::CmdExitSeen).await;
                 }
@@ -404,13 +434,8 @@ impl WorkspaceBackend for NodeBackend {
         match self.node.suspend(ws).await {
             Ok(report) => {
                 // A command that ended as the VM froze: its exit is still reported.
-                if let Some(tx) = lock(&self.events).as_ref() {
-                    for exit_code in report.cmd_exits {
-                        let _ = tx.send(BackendEvent::CmdExited {
-                            id: id.to_string(),
-                            exit_code,
-                        });
-                    }
+                for (exit_code, r) in report.cmd_exits {
+                    pass_exit(&self.events, &self.reported, id, exit_code, r);
                 }
                 Ok(())
             }
@@ -692,5 +717,46 @@ impl WorkspaceBackend for NodeBackend {
 
     fn set_events(&self, tx: mpsc::UnboundedSender<BackendEvent>) {
         *lock(&self.events) = Some(tx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One exit report passes once however often it arrives; another report (the
+    /// command's next run) passes; a report without an id (an older agent) always
+    /// passes.
+    #[test]
+    fn an_exit_report_is_passed_on_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let events: Events = Arc::new(Mutex::new(Some(tx)));
+        let reported: Reported = Default::default();
+        for (id, code, report) in [
+            ("ws_a", 3, 7),
+            ("ws_a", 3, 7),
+            ("ws_b", 1, 7),
+            ("ws_a", 0, 8),
+            ("ws_a", 0, 8),
+            ("ws_a", 5, 0),
+            ("ws_a", 5, 0),
+        ] {
+            pass_exit(&events, &reported, id, code, report);
+        }
+        let mut got = Vec::new();
+        while let Ok(BackendEvent::CmdExited { id, exit_code }) = rx.try_recv() {
+            got.push((id, exit_code));
+        }
+        let want: Vec<(String, i32)> = [
+            ("ws_a", 3),
+            ("ws_b", 1),
+            ("ws_a", 0),
+            ("ws_a", 5),
+            ("ws_a", 5),
+        ]
+        .into_iter()
+        .map(|(i, c)| (i.to_string(), c))
+        .collect();
+        assert_eq!(got, want);
     }
 }

@@ -1,7 +1,7 @@
 //! The workspace command's exit code is its one result: it is recorded even when the
 //! workspace is frozen to disk around the moment the command ends (the agent repeats
 //! `CmdExited` until the host says it has it), over repeated stop, start, freeze and
-//! thaw cycles with the freeze at different moments.
+//! thaw cycles with the freeze at different moments, and recorded once.
 
 mod common;
 #[path = "support/server.rs"]
@@ -49,6 +49,26 @@ async fn a_commands_exit_code_is_recorded_across_a_freeze_at_any_moment() {
             "round {round}: exit code not recorded\n{}",
             s.log()
         );
+        // Recorded once: the agent repeats its report every 2 s until the host
+        // acknowledges it, and a freeze can make one report arrive twice.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (_, d) = s
+            .call("GET", &format!("/workspace/{id}/details"), None)
+            .await;
+        let ops: Vec<&str> = d["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["op"].as_str().unwrap_or(""))
+            .collect();
+        // Oldest first: count back to this round's start.
+        let exits = ops
+            .iter()
+            .rev()
+            .take_while(|o| **o != "start")
+            .filter(|o| **o == "exit")
+            .count();
+        assert_eq!(exits, 1, "round {round}: {ops:?}");
     }
     s.delete_and_wait(&id, 60).await;
 }

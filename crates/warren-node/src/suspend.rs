@@ -65,10 +65,10 @@ pub struct SuspendReport {
     pub state_bytes: u64,
     pub save_ms: f64,
     pub total_ms: f64,
-    /// Exit codes of the workspace's command that the guest reported while it was
-    /// being frozen (sent before its vCPUs stopped, read by nobody yet).
+    /// `(exit code, report id)` of the workspace's command that the guest reported
+    /// while it was being frozen (sent before its vCPUs stopped, read by nobody yet).
     #[serde(default)]
-    pub cmd_exits: Vec<i32>,
+    pub cmd_exits: Vec<(i32, u64)>,
 }
 
 /// How a thaw went.
@@ -209,7 +209,7 @@ impl Node {
     /// End a frozen VM's VMM and free its tap and rules. Returns the exit codes of
     /// the workspace's command still queued on its control channel: the guest may have
     /// sent one just before its vCPUs stopped, and nobody else will read it.
-    pub(crate) async fn release_frozen(&self, ws: RunningWorkspace) -> Result<Vec<i32>> {
+    pub(crate) async fn release_frozen(&self, ws: RunningWorkspace) -> Result<Vec<(i32, u64)>> {
         ws.vm.kill().await?;
         crate::net::delete_tap(&ws.lease.record.tap);
         self.pool().remove_rules(ws.lease.record.index);
@@ -221,8 +221,8 @@ impl Node {
         let mut events = ws.events.into_inner();
         let mut exits = Vec::new();
         while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
-            if let GuestMessage::CmdExited { exit_code } = m {
-                exits.push(exit_code);
+            if let GuestMessage::CmdExited { exit_code, report } = m {
+                exits.push((exit_code, report));
             }
         }
         Ok(exits)

@@ -164,9 +164,14 @@ pub enum GuestMessage {
     BootFailed {
         error: String,
     },
-    /// The workspace's `cmd` has exited.
+    /// The workspace's `cmd` has exited. Repeated until the host answers
+    /// `CmdExitSeen`, always with the same `report`: a random id drawn when the
+    /// command ended, so the host records one exit once even when a freeze and thaw
+    /// make it arrive twice.
     CmdExited {
         exit_code: i32,
+        #[serde(default)]
+        report: u64,
     },
     Pong {
         id: u64,

@@ -47,6 +47,7 @@ pub fn exit_seen() {
 /// the host end, can be lost, and the exit code is the command's one result.
 pub async fn report_exit(control: &ControlTx, exit_code: i32) {
     EXIT_SEEN.store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = report_id();
     for _ in 0..300 {
         let seen = EXIT_SEEN_NOTIFY.notified();
         tokio::pin!(seen);
@@ -54,7 +55,7 @@ pub async fn report_exit(control: &ControlTx, exit_code: i32) {
         if EXIT_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        control.send(&GuestMessage::CmdExited { exit_code });
+        control.send(&GuestMessage::CmdExited { exit_code, report });
         if tokio::time::timeout(std::time::Duration::from_secs(2), seen)
             .await
             .is_ok()
@@ -62,6 +63,23 @@ pub async fn report_exit(control: &ControlTx, exit_code: i32) {
             return;
         }
     }
+}
+
+/// A random id for one exit report (`getrandom(2)`; the kernel's RNG is reseeded
+/// at every restore, so a copy of this VM draws other ids).
+fn report_id() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the live buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never expected; an id from the clock still tells two exits apart.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        return t | 1;
+    }
+    u64::from_ne_bytes(b) | 1
 }
 
 /// A console echo that never slows the command down: when the (serial, slow) console
